@@ -1,0 +1,1 @@
+"""wasmgate: an HTTP gateway that runs WebAssembly processors on LLM traffic."""

@@ -1,0 +1,159 @@
+"""The per-process wasm runtime: one engine, the host calls, compiled modules.
+
+Modules are compiled once and kept: compiled artifacts are cached on disk
+by the module's sha256 (and the wasmtime version), so a restart loads them
+instead of compiling. One ticker thread advances the engine's epoch, which
+is what lets a deadline interrupt a guest's CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import math
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import wasmtime
+
+from . import ffi, hostcalls
+from .abi import Hook
+
+log = logging.getLogger("wasmgate.engine")
+
+WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+_ARTIFACT_TAG = f"wasmtime-{WASMTIME_VERSION}-epoch"
+"""Compiled code depends on the wasmtime version and on epoch interruption."""
+
+_I32 = "i32"
+_HOOK_SIGNATURES: dict[Hook, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    Hook.INIT: ((_I32, _I32), (_I32,)),
+    Hook.REQUEST_HEADERS: ((_I32,), (_I32,)),
+    Hook.REQUEST_BODY: ((_I32, _I32, _I32), (_I32,)),
+    Hook.RESPONSE_HEADERS: ((_I32,), (_I32,)),
+    Hook.RESPONSE_BODY: ((_I32, _I32, _I32), (_I32,)),
+    Hook.DONE: ((), ()),
+}
+_REALLOC_SIGNATURE = ((_I32, _I32, _I32, _I32), (_I32,))
+
+
+class ModuleError(Exception):
+    """A module that cannot serve as a processor, and why."""
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledModule:
+    """A module compiled, checked against the WIT world, and linked."""
+
+    name: str
+    sha256: str
+    pre: wasmtime.InstancePre
+    has_initialize: bool
+    post_returns: frozenset[bytes]
+
+
+class Runtime:
+    """One per process; thread-safe to use from the guest threads."""
+
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        max_instances: int = 10_000,
+        max_memory_bytes: int = 4 << 30,
+        tick: float = 0.01,
+    ) -> None:
+        self.engine = ffi.pooling_engine(max_instances, max_memory_bytes)
+        self.tick = tick
+        self._linker = wasmtime.Linker(self.engine)
+        hostcalls.define(self._linker)
+        self._cache_dir = cache_dir
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._advance_epoch, name="wasmgate-epoch", daemon=True)
+        self._ticker.start()
+
+    def ticks(self, seconds: float) -> int:
+        """Epoch ticks covering at least ``seconds``; the current tick is partly gone."""
+        return math.ceil(seconds / self.tick) + 1
+
+    def _advance_epoch(self) -> None:
+        while not self._stop.wait(self.tick):
+            self.engine.increment_epoch()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._ticker.join()
+
+    def compile(self, name: str, wasm: bytes) -> CompiledModule:
+        """Compiles (or loads from the cache), checks and links a module."""
+        sha256 = hashlib.sha256(wasm).hexdigest()
+        module = self._load_cached(sha256) or self._compile(name, wasm, sha256)
+        exports = {export.name: export.type for export in module.exports}
+        _check_exports(name, exports)
+        try:
+            pre = self._linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as error:
+            raise ModuleError(f"module {name!r} cannot be linked: {error}") from None
+        post_returns = frozenset(name.encode() for name in exports if name.startswith("cabi_post_"))
+        return CompiledModule(name, sha256, pre, "_initialize" in exports, post_returns)
+
+    def _artifact(self, sha256: str) -> Path | None:
+        return self._cache_dir / f"{sha256}-{_ARTIFACT_TAG}.cwasm" if self._cache_dir else None
+
+    def _load_cached(self, sha256: str) -> wasmtime.Module | None:
+        artifact = self._artifact(sha256)
+        if artifact is None or not artifact.exists():
+            return None
+        try:
+            return wasmtime.Module.deserialize_file(self.engine, str(artifact))
+        except wasmtime.WasmtimeError as error:
+            log.warning("ignoring unusable compiled artifact %s: %s", artifact, error)
+            return None
+
+    def _compile(self, name: str, wasm: bytes, sha256: str) -> wasmtime.Module:
+        try:
+            module = wasmtime.Module(self.engine, wasm)
+        except wasmtime.WasmtimeError as error:
+            raise ModuleError(f"module {name!r} is not valid WebAssembly: {_first_line(error)}") from None
+        artifact = self._artifact(sha256)
+        if artifact is not None:
+            # The cache holds native code: private to this user, written whole or not at all.
+            artifact.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=artifact.parent, delete=False) as out:
+                out.write(module.serialize())
+            os.replace(out.name, artifact)
+        return module
+
+
+def _signature(ty: wasmtime.FuncType) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results)
+
+
+def _check_exports(name: str, exports: dict[str, object]) -> None:
+    """Names the first export the WIT world needs that the module lacks."""
+    hint = "is it built for the wasmgate:processor@0.1.0 world?"
+    if not isinstance(exports.get("memory"), wasmtime.MemoryType):
+        raise ModuleError(f"module {name!r} does not export its memory as 'memory'; {hint}")
+    # Calls into the guest are unchecked: every function the host may call
+    # must have exactly the type the host calls it with.
+    required = {hook.export.decode(): sig for hook, sig in _HOOK_SIGNATURES.items()}
+    required["cabi_realloc"] = _REALLOC_SIGNATURE
+    optional = {hook.post_return.decode(): (sig[1], ()) for hook, sig in _HOOK_SIGNATURES.items()}
+    optional["_initialize"] = ((), ())
+    for export, expected in (*required.items(), *optional.items()):
+        ty = exports.get(export)
+        if ty is None and export in optional:
+            continue
+        if not isinstance(ty, wasmtime.FuncType):
+            raise ModuleError(f"module {name!r} does not export function {export!r}; {hint}")
+        if _signature(ty) != expected:
+            raise ModuleError(
+                f"module {name!r} exports {export!r} with signature {_signature(ty)}, expected {expected}"
+            )
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0]

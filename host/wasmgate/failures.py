@@ -1,0 +1,50 @@
+"""Why a processor failed: one precise cause per failure.
+
+A failure ends the processor's sandbox (its instance is discarded) and the
+request follows the processor's failure mode; the gateway itself goes on.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Cause(enum.StrEnum):
+    TIMEOUT = "timeout"
+    """The phase ran past its deadline (CPU cut by epoch interruption)."""
+    MEMORY_LIMIT = "memory_limit"
+    """The guest's memory or the bytes held for it passed its quota."""
+    TRAP = "trap"
+    """The guest trapped: unreachable, out-of-bounds access, stack overflow..."""
+    ABI_VIOLATION = "abi_violation"
+    """The guest broke the ABI: a bad pointer, length, UTF-8 or argument, or a
+    host call that is not allowed where it was made."""
+    INIT_FAILED = "init_failed"
+    """The guest's ``init`` returned an error for its config."""
+    OVERLOADED = "overloaded"
+    """No sandbox could be had: every instance slot of the engine is in use."""
+
+
+class ProcessorFailure(Exception):
+    """A processor failed one request; ``where`` is filled in as it propagates."""
+
+    def __init__(self, cause: Cause, detail: str) -> None:
+        super().__init__(detail)
+        self.cause = cause
+        self.detail = detail
+        self.processor = ""
+        self.phase = ""
+
+    def locate(self, processor: str, phase: str) -> ProcessorFailure:
+        self.processor = self.processor or processor
+        self.phase = self.phase or phase
+        return self
+
+    def __str__(self) -> str:
+        where = f"processor {self.processor!r} in {self.phase}: " if self.processor else ""
+        return f"{where}{self.cause.value}: {self.detail}"
+
+
+class AbiViolation(ProcessorFailure):
+    def __init__(self, detail: str) -> None:
+        super().__init__(Cause.ABI_VIOLATION, detail)

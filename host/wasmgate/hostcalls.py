@@ -1,0 +1,306 @@
+"""The ``host`` interface of the WIT world: what a processor may call.
+
+Each import is defined once on the linker through wasmtime's unchecked
+callback ABI, with its flat canonical-ABI signature. A call runs on the
+guest's thread, against the sandbox running there (``sandbox.active``).
+
+A host call that is misused (bad pointers or strings, out of phase,
+re-entered from ``cabi_realloc``, over a bound) stops the guest: the
+precise failure is kept on the sandbox and a trap unwinds the guest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import struct
+from collections.abc import Callable
+
+import wasmtime
+import yarl
+from multidict import CIMultiDict
+
+from . import ffi
+from .abi import HOST_MODULE, GuestMemory, Hook, LogLevel, Message, MetricKind, encode_headers, enum_value
+from .exchange import LocalResponse, check_header, header_bytes
+from .failures import AbiViolation, Cause, ProcessorFailure
+from .metrics import GUEST_LOG_DROPPED
+from .sandbox import Sandbox, active
+
+guest_log = logging.getLogger("wasmgate.guest")
+
+MAX_LOG_LINES = 100
+"""Per sandbox (one request): a chatty or hostile guest cannot flood the log."""
+MAX_LOG_BYTES = 4096
+MAX_HEADER_BYTES = 64 * 1024
+"""Bounds each header map a guest can grow, so a guest cannot grow the host."""
+
+_LOG_LEVELS = {
+    LogLevel.TRACE: logging.DEBUG,
+    LogLevel.DEBUG: logging.DEBUG,
+    LogLevel.INFO: logging.INFO,
+    LogLevel.WARN: logging.WARNING,
+    LogLevel.ERROR: logging.ERROR,
+}
+_REQUEST_HOOKS = frozenset({Hook.REQUEST_HEADERS, Hook.REQUEST_BODY})
+_RESPONSE_HOOKS = frozenset({Hook.RESPONSE_HEADERS, Hook.RESPONSE_BODY})
+_BODY_HOOKS = frozenset({Hook.REQUEST_BODY, Hook.RESPONSE_BODY})
+
+HostFunc = Callable[..., int | None]
+_FUNCS: dict[str, tuple[str, bool, HostFunc]] = {}
+_callbacks: list[ctypes._CFuncPtr] = []  # the linker calls these for the process's life
+
+
+def host_call(name: str, params: str, returns: bool = False) -> Callable[[HostFunc], HostFunc]:
+    """Registers the implementation of WIT host function ``name``.
+
+    ``params`` spells its flat parameters: ``i`` for i32, ``f`` for f64.
+    """
+
+    def register(func: HostFunc) -> HostFunc:
+        _FUNCS[name] = (params, returns, func)
+        return func
+
+    return register
+
+
+def define(linker: wasmtime.Linker) -> None:
+    """Defines every host call on ``linker``."""
+    types = {"i": wasmtime.ValType.i32(), "f": wasmtime.ValType.f64()}
+    for name, (params, returns, func) in _FUNCS.items():
+        callback = ffi.HostCallback(_trampoline(name, params, returns, func))
+        _callbacks.append(callback)
+        results = [types["i"]] if returns else []
+        ffi.define_host_func(linker, HOST_MODULE, name, [types[p] for p in params], results, callback)
+
+
+def _trampoline(name: str, params: str, returns: bool, func: HostFunc) -> Callable[..., int]:
+    is_float = tuple(p == "f" for p in params)
+
+    def call(_env: int, caller: int, slots: ctypes.Array[ffi.RawVal], _count: int) -> int:
+        sandbox = active()
+        if sandbox is None:  # e.g. from a start function, before any hook
+            return ffi.new_trap(f"host call {name} outside a hook")
+        try:
+            if sandbox.in_host_call:
+                raise AbiViolation(f"{name} called while the host was in another host call (re-entrant)")
+            sandbox.in_host_call = True
+            try:
+                memory = sandbox.memory(ffi.caller_context(caller))
+                args = [slots[i].f64 if f else slots[i].u32 for i, f in enumerate(is_float)]
+                result = func(sandbox, memory, *args)
+                if returns:
+                    slots[0].u32 = result
+            finally:
+                sandbox.in_host_call = False
+            return 0
+        except (ffi.WasmTrap, ffi.WasmError) as trap:  # cabi_realloc, called for this host call, stopped
+            sandbox.fault = sandbox.fault or ProcessorFailure(Cause.TRAP, f"cabi_realloc trapped in {name}: {trap}")
+        except ProcessorFailure as failure:
+            sandbox.fault = failure
+        except Exception as error:  # a host bug must fail this processor, never unwind through C
+            guest_log.exception("host call %s failed", name)
+            sandbox.fault = ProcessorFailure(Cause.TRAP, f"host error in {name}: {error!r}")
+        return ffi.new_trap(str(sandbox.fault))
+
+    return call
+
+
+# -- where a call is allowed --------------------------------------------------
+
+
+def _exchange(sandbox: Sandbox, call: str):  # noqa: ANN202 - Exchange; kept local to the checks
+    if sandbox.hook is None or sandbox.hook is Hook.INIT or sandbox.exchange is None:
+        raise AbiViolation(f"{call} called during init: there is no request yet")
+    return sandbox.exchange
+
+
+def _readable_headers(sandbox: Sandbox, message: int, call: str) -> CIMultiDict[str] | None:
+    exchange = _exchange(sandbox, call)
+    which = enum_value(Message, message, call)
+    return exchange.request_headers if which is Message.REQUEST else exchange.response_headers
+
+
+def _writable_headers(sandbox: Sandbox, message: int, call: str) -> CIMultiDict[str]:
+    exchange = _exchange(sandbox, call)
+    if enum_value(Message, message, call) is Message.REQUEST:
+        if exchange.request_sent:
+            raise AbiViolation(f"{call}: the request headers were already sent upstream")
+        return exchange.request_headers
+    if exchange.response_headers is None or sandbox.hook not in _RESPONSE_HOOKS:
+        raise AbiViolation(f"{call}: there is no response in {sandbox.hook.phase}")
+    if exchange.response_sent:
+        raise AbiViolation(f"{call}: the response headers were already sent to the client")
+    return exchange.response_headers
+
+
+def _bounded(headers: CIMultiDict[str], call: str) -> None:
+    if header_bytes(headers) > MAX_HEADER_BYTES:
+        raise ProcessorFailure(Cause.MEMORY_LIMIT, f"{call}: headers would pass {MAX_HEADER_BYTES} bytes")
+
+
+# -- the calls ------------------------------------------------------------------
+
+
+@host_call("get-request-info", "i")
+def get_request_info(sandbox: Sandbox, memory: GuestMemory, retptr: int) -> None:
+    facts = _exchange(sandbox, "get-request-info").facts
+    fields = (facts.method, facts.path, facts.query, facts.request_id, facts.route, facts.tenant, facts.client_address)
+    flat: list[int] = []
+    for value in fields:
+        flat.extend(memory.lower_string(value, "get-request-info"))
+    memory.write_u32s(retptr, tuple(flat), "get-request-info's return area")
+
+
+@host_call("get-header", "iiii")
+def get_header(sandbox: Sandbox, memory: GuestMemory, message: int, name_ptr: int, name_len: int, retptr: int) -> None:
+    headers = _readable_headers(sandbox, message, "get-header")
+    name = memory.string(name_ptr, name_len, "get-header's name")
+    value = headers.get(name) if headers is not None else None
+    if value is None:
+        memory.write_u32s(retptr, (0,), "get-header's return area")
+    else:
+        memory.write_u32s(retptr, (1, *memory.lower_string(value, "get-header")), "get-header's return area")
+
+
+@host_call("get-headers", "ii")
+def get_headers(sandbox: Sandbox, memory: GuestMemory, message: int, retptr: int) -> None:
+    headers = _readable_headers(sandbox, message, "get-headers")
+    encoded = encode_headers(list(headers.items()) if headers is not None else [])
+    memory.write_u32s(retptr, (memory.alloc(encoded, "get-headers"), len(encoded)), "get-headers' return area")
+
+
+def _header_args(memory: GuestMemory, call: str, name: tuple[int, int], value: tuple[int, int]) -> tuple[str, str]:
+    name_s = memory.string(*name, f"{call}'s name")
+    value_s = memory.string(*value, f"{call}'s value")
+    check_header(name_s, value_s)
+    return name_s, value_s
+
+
+@host_call("set-header", "iiiii")
+def set_header(sandbox: Sandbox, memory: GuestMemory, message: int, np: int, nl: int, vp: int, vl: int) -> None:
+    headers = _writable_headers(sandbox, message, "set-header")
+    name, value = _header_args(memory, "set-header", (np, nl), (vp, vl))
+    headers[name] = value
+    _bounded(headers, "set-header")
+
+
+@host_call("add-header", "iiiii")
+def add_header(sandbox: Sandbox, memory: GuestMemory, message: int, np: int, nl: int, vp: int, vl: int) -> None:
+    headers = _writable_headers(sandbox, message, "add-header")
+    name, value = _header_args(memory, "add-header", (np, nl), (vp, vl))
+    headers.add(name, value)
+    _bounded(headers, "add-header")
+
+
+@host_call("remove-header", "iii")
+def remove_header(sandbox: Sandbox, memory: GuestMemory, message: int, name_ptr: int, name_len: int) -> None:
+    headers = _writable_headers(sandbox, message, "remove-header")
+    headers.popall(memory.string(name_ptr, name_len, "remove-header's name"), None)
+
+
+@host_call("get-status", "", returns=True)
+def get_status(sandbox: Sandbox, memory: GuestMemory) -> int:
+    return _exchange(sandbox, "get-status").response_status
+
+
+def _check_status(status: int, call: str) -> None:
+    if not 100 <= status <= 599:
+        raise AbiViolation(f"{call}: {status} is not an HTTP status")
+
+
+@host_call("set-status", "i")
+def set_status(sandbox: Sandbox, memory: GuestMemory, status: int) -> None:
+    _writable_headers(sandbox, Message.RESPONSE, "set-status")
+    _check_status(status, "set-status")
+    sandbox.exchange.response_status = status
+
+
+@host_call("replace-body", "ii")
+def replace_body(sandbox: Sandbox, memory: GuestMemory, ptr: int, length: int) -> None:
+    if sandbox.hook not in _BODY_HOOKS:
+        raise AbiViolation(f"replace-body called in {sandbox.hook.phase}, which has no body")
+    sandbox.replaced_body = memory.read(ptr, length, "replace-body's body")
+
+
+@host_call("send-response", "iiiii")
+def send_response(sandbox: Sandbox, memory: GuestMemory, status: int, hp: int, hn: int, bp: int, bl: int) -> None:
+    exchange = _exchange(sandbox, "send-response")
+    if sandbox.hook is Hook.DONE or (sandbox.hook in _RESPONSE_HOOKS and exchange.response_sent):
+        raise AbiViolation(f"send-response called in {sandbox.hook.phase}, after the response started")
+    _check_status(status, "send-response")
+    flat = struct.unpack(f"<{hn * 4}I", memory.read(hp, hn * 16, "send-response's headers"))
+    headers = []
+    for i in range(0, len(flat), 4):
+        name, value = _header_args(memory, "send-response", flat[i : i + 2], flat[i + 2 : i + 4])
+        headers.append((name, value))
+    if sum(len(n) + len(v) for n, v in headers) > MAX_HEADER_BYTES:
+        raise ProcessorFailure(Cause.MEMORY_LIMIT, f"send-response: headers pass {MAX_HEADER_BYTES} bytes")
+    sandbox.local_response = LocalResponse(status, headers, memory.read(bp, bl, "send-response's body"))
+
+
+@host_call("set-upstream", "iii")
+def set_upstream(sandbox: Sandbox, memory: GuestMemory, ptr: int, length: int, retptr: int) -> None:
+    exchange = _exchange(sandbox, "set-upstream")
+    if exchange.request_sent or sandbox.hook not in _REQUEST_HOOKS:
+        raise AbiViolation(f"set-upstream called in {sandbox.hook.phase}, after the upstream request started")
+    url = memory.string(ptr, length, "set-upstream's url")
+    problem = _upstream_problem(url)
+    if problem is None:
+        exchange.upstream = url
+        memory.write_u32s(retptr, (0,), "set-upstream's return area")
+    else:
+        memory.write_u32s(retptr, (1, *memory.lower_string(problem, "set-upstream")), "set-upstream's return area")
+
+
+def _upstream_problem(url: str) -> str | None:
+    try:
+        parsed = yarl.URL(url)
+    except ValueError as error:
+        return f"{url!r} is not a URL: {error}"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return f"{url!r} is not an absolute http or https URL"
+    return None
+
+
+@host_call("log", "iii")
+def log(sandbox: Sandbox, memory: GuestMemory, level: int, ptr: int, length: int) -> None:
+    severity = _LOG_LEVELS[enum_value(LogLevel, level, "log")]
+    sandbox.log_lines += 1
+    if sandbox.log_lines > MAX_LOG_LINES:
+        GUEST_LOG_DROPPED.labels(sandbox.processor.name).inc()
+        return
+    text = memory.read(ptr, min(length, MAX_LOG_BYTES), "log's message").decode("utf-8", "replace")
+    request_id = sandbox.exchange.facts.request_id if sandbox.exchange else "-"
+    guest_log.log(
+        severity,
+        "[%s] %s%s",
+        sandbox.processor.name,
+        text,
+        "" if length <= MAX_LOG_BYTES else " [truncated]",
+        extra={"processor": sandbox.processor.name, "request_id": request_id},
+    )
+
+
+@host_call("define-metric", "iiiiiiiiii")
+def define_metric(
+    sandbox: Sandbox, memory: GuestMemory, kind: int, np: int, nl: int, hp: int, hl: int, lp: int, lc: int,
+    bp: int, bc: int, retptr: int,
+) -> None:
+    metric_kind = enum_value(MetricKind, kind, "define-metric")
+    name = memory.string(np, nl, "define-metric's name")
+    help_text = memory.string(hp, hl, "define-metric's help")
+    labels = memory.strings(lp, lc, "define-metric's labels")
+    buckets = memory.f64s(bp, bc, "define-metric's buckets")
+    try:
+        metric = sandbox.processor.guest_metrics.define(metric_kind, name, help_text, labels, buckets)
+    except ValueError as error:
+        memory.write_u32s(retptr, (1, *memory.lower_string(str(error), "define-metric")), "define-metric's result")
+    else:
+        memory.write_u32s(retptr, (0, metric), "define-metric's result")
+
+
+@host_call("record-metric", "iiif")
+def record_metric(sandbox: Sandbox, memory: GuestMemory, metric: int, lp: int, lc: int, value: float) -> None:
+    labels = memory.strings(lp, lc, "record-metric's label values")
+    sandbox.processor.guest_metrics.record(metric, labels, value)

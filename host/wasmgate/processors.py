@@ -1,0 +1,105 @@
+"""Configured processors, loaded and checked, ready to be sandboxed per request.
+
+Loading a processor compiles its module and runs its ``init`` once with its
+config: a bad module or config is found before any request, and ``init``
+tells which phases the processor takes part in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .abi import PHASE_OF_HOOK, Hook, Phases
+from .config import BodyMode, Config, ConfigError, FailureMode, ProcessorConfig
+from .engine import CompiledModule, ModuleError, Runtime
+from .exchange import LocalResponse
+from .failures import ProcessorFailure
+from .metrics import GuestMetrics, ProcessorMetrics
+from .sandbox import Sandbox
+
+
+@dataclass(frozen=True, eq=False)
+class Processor:
+    name: str
+    module: CompiledModule
+    config_json: bytes
+    phases: Phases
+    buffers: bool
+    max_body_bytes: int
+    failure_mode: FailureMode
+    fallback: LocalResponse | None
+    timeouts: dict[Hook, float]
+    memory_limit: int
+    guest_metrics: GuestMetrics
+    metrics: ProcessorMetrics
+
+    def wants(self, hook: Hook) -> bool:
+        return bool(self.phases & PHASE_OF_HOOK[hook])
+
+
+def find_module(name: str, module_dirs: list[Path]) -> Path | None:
+    """A module's file: ``NAME.wasm`` in the first directory that has it."""
+    for directory in module_dirs:
+        candidate = directory / f"{name}.wasm"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def build_processor(runtime: Runtime, spec: ProcessorConfig, module: CompiledModule) -> Processor:
+    """Makes a processor and runs its ``init`` once to check it and learn its phases."""
+    fallback = None
+    if spec.fallback is not None:
+        fallback = LocalResponse(spec.fallback.status, list(spec.fallback.headers.items()), spec.fallback.body.encode())
+    draft = Processor(
+        name=spec.name,
+        module=module,
+        config_json=json.dumps(spec.config).encode(),
+        phases=Phases(0),
+        buffers=spec.body is BodyMode.BUFFER,
+        max_body_bytes=spec.max_body_bytes,
+        failure_mode=spec.failure_mode,
+        fallback=fallback,
+        timeouts={hook: getattr(spec.timeouts, hook.phase) for hook in Hook},
+        memory_limit=spec.memory_limit,
+        guest_metrics=GuestMetrics(spec.name),
+        metrics=ProcessorMetrics(spec.name),
+    )
+    sandbox = Sandbox(runtime, draft)
+    try:
+        phases = sandbox.init(draft.config_json)
+    finally:
+        sandbox.close()
+    return dataclasses.replace(draft, phases=phases)
+
+
+def load_processors(runtime: Runtime, config: Config) -> dict[str, Processor]:
+    """Every processor of ``config``; all problems at once, as a ``ConfigError``."""
+    problems: list[str] = []
+    modules: dict[Path, CompiledModule | None] = {}
+    processors: dict[str, Processor] = {}
+    for i, spec in enumerate(config.processors):
+        path = find_module(spec.module, config.module_dirs)
+        if path is None:
+            dirs = ", ".join(str(d) for d in config.module_dirs)
+            problems.append(f"processors[{i}].module: no {spec.module}.wasm in module_dirs ({dirs})")
+            continue
+        if path not in modules:
+            try:
+                modules[path] = runtime.compile(spec.module, path.read_bytes())
+            except ModuleError as error:
+                problems.append(f"processors[{i}].module: {error}")
+                modules[path] = None
+        module = modules[path]
+        if module is None:
+            continue
+        try:
+            processors[spec.name] = build_processor(runtime, spec, module)
+        except ProcessorFailure as failure:
+            problems.append(f"processors[{i}].config: init of {spec.module} failed: {failure}")
+    if problems:
+        raise ConfigError("config", problems)
+    return processors

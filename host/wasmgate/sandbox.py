@@ -1,0 +1,244 @@
+"""One processor instance serving one request: its store, memory and calls.
+
+A sandbox is created for a request (a fresh store and instance: nothing a
+request leaves in guest memory reaches the next one), runs that request's
+hooks on guest threads, and is discarded. Any failure discards it at once
+and is reported with a precise cause:
+
+- ``timeout``: a hook ran past its deadline. The deadline covers copying
+  the hook's data in, the call and its post-return; the CPU is cut by epoch
+  interruption, so a guest spinning forever costs one deadline.
+- ``memory_limit``: the guest's memory passed its quota. wasmtime's limiter
+  is set to twice the quota so that a guest running out of memory grows
+  past the quota, and is failed for exactly that, instead of crashing in a
+  way that looks like any other trap. The host never holds more than that.
+- ``trap``, ``abi_violation``, ``init_failed``: see ``failures.Cause``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import threading
+from typing import TYPE_CHECKING
+
+from . import ffi
+from .abi import WASM_PAGE, GuestMemory, Hook, Phases
+from .exchange import Exchange, LocalResponse
+from .failures import AbiViolation, Cause, ProcessorFailure
+
+if TYPE_CHECKING:
+    from .engine import Runtime
+    from .processors import Processor
+
+TABLE_ELEMENTS = 100_000
+"""Bounds a module's function table: generous for Rust and Go, finite for a bomb."""
+
+_active = threading.local()
+
+
+def active() -> Sandbox | None:
+    """The sandbox whose guest code is running on this thread, for host calls."""
+    return getattr(_active, "sandbox", None)
+
+
+class Sandbox:
+    __slots__ = (
+        "processor",
+        "exchange",
+        "hook",
+        "replaced_body",
+        "local_response",
+        "fault",
+        "in_host_call",
+        "peak_memory",
+        "log_lines",
+        "_runtime",
+        "_store",
+        "_instance",
+        "_memory",
+        "_realloc",
+        "_funcs",
+        "_slots",
+    )
+
+    def __init__(self, runtime: Runtime, processor: Processor) -> None:
+        self.processor = processor
+        self.exchange: Exchange | None = None
+        self.hook: Hook | None = None
+        self.replaced_body: bytes | None = None
+        self.local_response: LocalResponse | None = None
+        self.fault: ProcessorFailure | None = None
+        self.in_host_call = False
+        self.peak_memory = 0
+        self.log_lines = 0
+        self._runtime = runtime
+        self._memory: object | None = None  # byref of the instance's memory
+        self._funcs: dict[bytes, object] = {}  # byref of each function called
+        self._slots = (ffi.RawVal * 4)()
+        self._store: ffi.Store | None = ffi.Store(runtime.engine)
+        self._store.limit(2 * processor.memory_limit, TABLE_ELEMENTS)
+        self._enter(Hook.INIT)
+        try:
+            try:
+                self._instance = self._store.instantiate(processor.module.pre)
+            except ffi.WasmError as error:
+                raise _instantiation_failure(str(error)) from None
+            self._memory = ctypes.byref(self._store.export(self._instance, b"memory").of.memory)
+            self._realloc = self._func(b"cabi_realloc")
+            if processor.module.has_initialize:
+                self._call(b"_initialize", ())
+        except BaseException as error:
+            raise self._failure(error, Hook.INIT) from None
+        finally:
+            self._leave()
+
+    @property
+    def alive(self) -> bool:
+        return self._store is not None
+
+    def close(self) -> None:
+        """Discards the instance; its pooling slot is free again."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def memory(self, context: int | None = None) -> GuestMemory:
+        """A view of guest memory; host calls pass their caller's context."""
+        return GuestMemory(self._store.context if context is None else context, self._memory, self._realloc)
+
+    # -- hooks ---------------------------------------------------------------
+
+    def init(self, config: bytes) -> Phases:
+        """Runs the guest's ``init`` with its JSON config; returns its phases."""
+        self._enter(Hook.INIT)
+        try:
+            ptr = self.memory().alloc(config, "the config")
+            result = self._call(Hook.INIT.export, (ptr, len(config)))
+            memory = self.memory()
+            tag, payload, length = struct.unpack("<BxxxII", memory.read(result, 12, "init's result"))
+            if tag > 1:
+                raise AbiViolation(f"init returned result tag {tag}")
+            error = memory.string(payload, length, "init's error") if tag == 1 else None
+            self._post_return(Hook.INIT, result)
+        except BaseException as failure:
+            raise self._failure(failure, Hook.INIT) from None
+        finally:
+            self._leave()
+        self._check_memory()
+        if error is not None:
+            raise ProcessorFailure(Cause.INIT_FAILED, error)
+        return Phases(payload & Phases.ALL)  # bits past the flags are ignored, as in the canonical ABI
+
+    def run(self, hook: Hook, exchange: Exchange, body: bytes | None = None, end_of_stream: bool = True) -> int:
+        """Runs one hook; returns its raw action for the chain to judge.
+
+        Afterwards ``replaced_body`` and ``local_response`` hold what the
+        hook set through host calls.
+        """
+        self.exchange = exchange
+        self.replaced_body = None
+        self.local_response = None
+        self._enter(hook)
+        try:
+            if hook is Hook.DONE:
+                args: tuple[int, ...] = ()
+            elif hook.takes_body:
+                args = (self.memory().alloc(body, "the body"), len(body), int(end_of_stream))
+            else:
+                args = (int(end_of_stream),)
+            action = self._call(hook.export, args)
+            self._post_return(hook, action)
+        except BaseException as failure:
+            raise self._failure(failure, hook) from None
+        finally:
+            self._leave()
+        self._check_memory()
+        return action
+
+    # -- guest calls ---------------------------------------------------------
+
+    def _enter(self, hook: Hook) -> None:
+        """Starts a guarded region: one deadline, host calls allowed for ``hook``."""
+        self._store.set_deadline(self._runtime.ticks(self.processor.timeouts[hook]))
+        self.hook = hook
+        self.fault = None
+        _active.sandbox = self
+
+    def _leave(self) -> None:
+        _active.sandbox = None
+        self.hook = None
+
+    def _call(self, name: bytes, args: tuple[int, ...]) -> int:
+        slots = self._slots
+        for i, value in enumerate(args):
+            slots[i].u32 = value
+        self._store.call(self._func(name), slots)
+        return slots[0].u32
+
+    def _post_return(self, hook: Hook, result: int) -> None:
+        if hook.post_return in self.processor.module.post_returns:
+            self._call(hook.post_return, () if hook is Hook.DONE else (result,))
+
+    def _func(self, name: bytes) -> object:
+        func = self._funcs.get(name)
+        if func is None:
+            found = self._store.export(self._instance, name)
+            if found is None or found.kind != ffi.EXTERN_FUNC:
+                raise AbiViolation(f"the instance has no function export {name.decode()!r}")
+            func = self._funcs[name] = ctypes.byref(found.of.func)
+        return func
+
+    # -- failures ------------------------------------------------------------
+
+    def _memory_size(self) -> int:
+        return ffi.memory_size(self._store.context, self._memory) if self._memory is not None else 0
+
+    def _check_memory(self) -> None:
+        size = self._memory_size()
+        self.peak_memory = max(self.peak_memory, size)
+        if size > self.processor.memory_limit:
+            self.close()
+            raise ProcessorFailure(Cause.MEMORY_LIMIT, self._memory_detail(size))
+
+    def _memory_detail(self, size: int) -> str:
+        mib = 1 << 20
+        return f"guest memory grew to {size / mib:.1f} MiB, over its {self.processor.memory_limit / mib:.1f} MiB quota"
+
+    def _failure(self, error: BaseException, hook: Hook) -> BaseException:
+        """The precise cause of what stopped the guest; the instance is discarded."""
+        if self._store is None:  # already failed and closed
+            return error
+        # A host call that stopped the guest left its precise failure; wasmtime
+        # reports the unwind as a trap or as an error depending on the path.
+        unwound = isinstance(error, (ffi.WasmTrap, ffi.WasmError))
+        failure = self.fault if unwound and self.fault is not None else error
+        if isinstance(failure, (ffi.WasmTrap, ffi.WasmError)):
+            size = self._memory_size()
+            self.peak_memory = max(self.peak_memory, size)
+            limit = self.processor.memory_limit
+            if isinstance(failure, ffi.WasmTrap) and failure.code == ffi.TRAP_INTERRUPT:
+                timeout_ms = self.processor.timeouts[hook] * 1000
+                failure = ProcessorFailure(Cause.TIMEOUT, f"{hook.phase} ran past its {timeout_ms:g} ms deadline")
+            elif size > limit or size + WASM_PAGE > 2 * limit:
+                failure = ProcessorFailure(Cause.MEMORY_LIMIT, self._memory_detail(size))
+            else:
+                failure = ProcessorFailure(Cause.TRAP, _trap_summary(str(failure)))
+        self.close()
+        return failure
+
+
+def _instantiation_failure(message: str) -> ProcessorFailure:
+    if "concurrent" in message:  # the pooling allocator has no free slot
+        return ProcessorFailure(Cause.OVERLOADED, f"no free instance slot: {message}")
+    if "memory" in message and ("limit" in message or "minimum" in message):
+        return ProcessorFailure(Cause.MEMORY_LIMIT, f"the module's initial memory is over its quota: {message}")
+    return ProcessorFailure(Cause.TRAP, f"instantiation failed: {message}")
+
+
+def _trap_summary(message: str) -> str:
+    """wasmtime's trap text, shortened to its cause and innermost frame."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    cause = next((line for line in reversed(lines) if line.startswith("wasm trap:")), lines[-1] if lines else "")
+    frame = next((line for line in lines if line[:1].isdigit() and " - " in line), "")
+    return f"{cause} (in {frame.split(' - ', 1)[1]})" if frame else cause

@@ -1,0 +1,233 @@
+"""Hostile and broken guests: each fails its request with a precise cause,
+and the processor serves the next request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from wasmgate.abi import Hook
+from wasmgate.failures import Cause, ProcessorFailure
+from wasmgate.sandbox import Sandbox
+
+from .conftest import drive, make_processor
+from .wat import CONTINUE, PAUSE, RESPOND, SPIN, guest
+
+HOOK_PARTS = {
+    Hook.REQUEST_HEADERS: "request_headers",
+    Hook.REQUEST_BODY: "request_body",
+    Hook.RESPONSE_HEADERS: "response_headers",
+    Hook.RESPONSE_BODY: "response_body",
+}
+
+
+def failure_of(driven) -> dict:
+    assert driven.status == 503, driven.body
+    return json.loads(driven.body)["error"]
+
+
+async def assert_next_request_succeeds(runtime, pool, processor) -> None:
+    """The broken request's sandbox is gone; a new request gets a fresh one."""
+    sandbox = Sandbox(runtime, processor)
+    sandbox.init(processor.config_json)
+    sandbox.close()
+
+
+# -- deadlines ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hook", list(HOOK_PARTS), ids=lambda h: h.phase)
+async def test_a_guest_spinning_in_a_phase_fails_with_timeout_naming_it(runtime, pool, hook):
+    processor = make_processor(runtime, guest(**{HOOK_PARTS[hook]: SPIN}), timeouts={hook.phase: "50ms"})
+    started = time.monotonic()
+    driven = await drive(runtime, pool, [processor], body=b"body")
+    elapsed = time.monotonic() - started
+    error = failure_of(driven)
+    assert (error["cause"], error["phase"], error["processor"]) == ("timeout", hook.phase, processor.name)
+    assert "50 ms deadline" in error["message"]
+    assert elapsed < 2.0  # one deadline, not a stuck worker
+    await assert_next_request_succeeds(runtime, pool, processor)
+
+
+def test_a_guest_spinning_in_init_fails_loading_with_timeout(runtime):
+    with pytest.raises(ProcessorFailure) as raised:
+        make_processor(runtime, guest(init=SPIN), timeouts={"init": "30ms"})
+    assert raised.value.cause is Cause.TIMEOUT
+
+
+async def test_the_event_loop_keeps_running_while_a_guest_spins(runtime, pool):
+    processor = make_processor(runtime, guest(request_headers=SPIN), timeouts={"request_headers": "300ms"})
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    await drive(runtime, pool, [processor])
+    task.cancel()
+    assert ticks >= 10  # the loop ticked throughout the 300 ms the guest spun
+
+
+# -- memory ----------------------------------------------------------------------
+
+GROW_UNTIL_REFUSED = """
+  (block $refused (loop $grow
+    i32.const 16 memory.grow i32.const -1 i32.eq br_if $refused
+    br $grow))
+  unreachable
+"""
+GROW_ONE_MIB_PAST_QUOTA = "i32.const 17 memory.grow drop i32.const 0"  # 1 page + 17 pages > 1 MiB
+
+
+@pytest.mark.parametrize("hook", list(HOOK_PARTS), ids=lambda h: h.phase)
+async def test_a_memory_bomb_fails_with_memory_limit(runtime, pool, hook):
+    processor = make_processor(runtime, guest(**{HOOK_PARTS[hook]: GROW_UNTIL_REFUSED}), memory_limit="1MiB")
+    error = failure_of(await drive(runtime, pool, [processor], body=b"body"))
+    assert (error["cause"], error["phase"]) == ("memory_limit", hook.phase)
+    assert "over its 1.0 MiB quota" in error["message"]
+    await assert_next_request_succeeds(runtime, pool, processor)
+
+
+async def test_a_guest_that_grows_past_its_quota_without_trapping_fails_with_memory_limit(runtime, pool):
+    processor = make_processor(runtime, guest(request_headers=GROW_ONE_MIB_PAST_QUOTA), memory_limit="1MiB")
+    error = failure_of(await drive(runtime, pool, [processor]))
+    assert error["cause"] == "memory_limit"
+
+
+async def test_a_module_whose_initial_memory_is_over_quota_fails_with_memory_limit(runtime, pool):
+    with pytest.raises(ProcessorFailure) as raised:
+        make_processor(runtime, guest(memory_pages=40), memory_limit="1MiB")
+    assert raised.value.cause is Cause.MEMORY_LIMIT
+
+
+async def test_a_buffered_body_over_the_quota_fails_with_memory_limit(runtime, pool):
+    processor = make_processor(runtime, guest(), body="buffer", memory_limit="64KiB", max_body_bytes="1MiB")
+    error = failure_of(await drive(runtime, pool, [processor], body=b"x" * 100_000))
+    assert (error["cause"], error["phase"]) == ("memory_limit", "request_body")
+
+
+async def test_a_buffered_body_over_max_body_bytes_is_refused_with_413(runtime, pool):
+    processor = make_processor(runtime, guest(), body="buffer", max_body_bytes="1KiB")
+    driven = await drive(runtime, pool, [processor], body=b"x" * 2000)
+    assert driven.status == 413
+    assert not driven.reached_upstream
+
+
+async def test_a_header_flood_fails_with_memory_limit(runtime, pool):
+    flood = "(loop $more i32.const 0 {s:name} {s:value} call $add-header br $more) i32.const 0"
+    wasm = guest(request_headers=flood, strings={"name": "x-flood", "value": "v" * 1000})
+    error = failure_of(await drive(runtime, pool, [make_processor(runtime, wasm)]))
+    assert error["cause"] == "memory_limit"
+
+
+async def test_a_guest_never_sees_what_a_previous_request_left_in_memory(runtime, pool):
+    # Counts its calls in memory and answers with the count as the status: 200 + calls - 1.
+    count = """
+      i32.const 64 i32.const 64 i32.load i32.const 1 i32.add i32.store
+      i32.const 199 i32.const 64 i32.load i32.add i32.const 0 i32.const 0 i32.const 0 i32.const 0
+      call $send-response i32.const 1"""
+    processor = make_processor(runtime, guest(request_headers=count))
+    statuses = [(await drive(runtime, pool, [processor])).status for _ in range(3)]
+    assert statuses == [200, 200, 200]
+
+
+# -- traps and ABI violations ----------------------------------------------------
+
+
+async def test_a_trap_fails_with_trap_and_wasmtimes_reason(runtime, pool):
+    processor = make_processor(runtime, guest(request_headers="i32.const 1 i32.const 0 i32.div_u"))
+    error = failure_of(await drive(runtime, pool, [processor]))
+    assert error["cause"] == "trap"
+    assert "divide by zero" in error["message"]
+    await assert_next_request_succeeds(runtime, pool, processor)
+
+
+@pytest.mark.parametrize(
+    ("hook_body", "reason"),
+    [
+        ("i32.const 0 i32.const 0x7fff0000 i32.const 8 call $remove-header i32.const 0", "past the end"),
+        ("i32.const 0 {s:bad-utf8} call $remove-header i32.const 0", "not valid UTF-8"),
+        ("i32.const 9 {s:name} call $remove-header i32.const 0", "not a valid Message"),
+        ("i32.const 0 {s:content-length} {s:name} call $set-header i32.const 0", "managed by the gateway"),
+        ("i32.const 0 {s:name} {s:crlf} call $set-header i32.const 0", "CR, LF or NUL"),
+        ("i32.const 0 {s:space} {s:name} call $set-header i32.const 0", "not a valid header name"),
+        ("i32.const 1 {s:name} {s:name} call $set-header i32.const 0", "no response"),
+        ("{s:name} call $replace-body i32.const 0", "has no body"),
+        ("i32.const 99 i32.const 0 i32.const 0 i32.const 0 i32.const 0 call $send-response i32.const 1", "HTTP status"),
+        (RESPOND, "without calling send-response"),
+        ("i32.const 200 i32.const 0 i32.const 0 i32.const 0 i32.const 0 call $send-response " + CONTINUE,
+         "returned continue"),
+        (PAUSE, "nothing to wait for"),
+        ("i32.const 7", "not an action"),
+    ],
+)
+async def test_abi_misuse_fails_with_abi_violation(runtime, pool, hook_body, reason):
+    strings = {
+        "name": "x-name",
+        "bad-utf8": b"x-\xff",
+        "content-length": "content-length",
+        "crlf": "a\r\nb",
+        "space": "a b",
+    }
+    processor = make_processor(runtime, guest(request_headers=hook_body, strings=strings))
+    error = failure_of(await drive(runtime, pool, [processor]))
+    assert error["cause"] == "abi_violation"
+    assert reason in error["message"]
+    await assert_next_request_succeeds(runtime, pool, processor)
+
+
+async def test_init_returning_an_out_of_bounds_result_is_an_abi_violation(runtime, pool):
+    with pytest.raises(ProcessorFailure) as raised:
+        make_processor(runtime, guest(init="i32.const 0x7ffffff0"))
+    assert raised.value.cause is Cause.ABI_VIOLATION
+
+
+async def test_a_host_call_from_inside_cabi_realloc_is_refused_as_reentrant(runtime, pool):
+    reentrant = """
+  (func $realloc (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    i32.const 4 i32.const 1024 i32.const 4 call $log
+    i32.const 2048)"""
+    wasm = guest(realloc=reentrant, request_headers="i32.const 0 {s:name} i32.const 64 call $get-header i32.const 0",
+                 strings={"name": "host"})
+    processor = make_processor(runtime, wasm)
+    error = failure_of(await drive(runtime, pool, [processor], headers={"host": "example"}))
+    assert error["cause"] == "abi_violation"
+    assert "re-entrant" in error["message"]
+
+
+async def test_set_upstream_after_the_request_started_is_refused(runtime, pool):
+    wasm = guest(response_headers="{s:url} i32.const 64 call $set-upstream i32.const 0",
+                 strings={"url": "http://elsewhere.test"})
+    error = failure_of(await drive(runtime, pool, [make_processor(runtime, wasm)]))
+    assert error["cause"] == "abi_violation"
+    assert "after the upstream request started" in error["message"]
+
+
+async def test_init_returning_an_error_fails_loading_with_the_guests_message(runtime):
+    # result<phases, string>: tag 1 at 0, the error's (ptr, len) at 4 and 8
+    init = """i32.const 0 i32.const 1 i32.store8
+      i32.const 4 i32.const 1024 i32.store i32.const 8 i32.const 9 i32.store i32.const 0"""
+    with pytest.raises(ProcessorFailure) as raised:
+        make_processor(runtime, guest(init=init, strings={"error": "bad key x"}))
+    assert raised.value.cause is Cause.INIT_FAILED
+    assert "bad key x" in str(raised.value)
+
+
+async def test_a_guest_log_flood_is_cut_without_failing_the_request(runtime, pool, caplog):
+    flood = """(loop $more
+        i32.const 2 {s:msg} call $log
+        global.get $left i32.const 1 i32.sub global.set $left global.get $left br_if $more)
+      i32.const 0"""
+    wasm = guest(request_headers=flood, strings={"msg": "hello"}, extra="(global $left (mut i32) (i32.const 1000))")
+    processor = make_processor(runtime, wasm)
+    with caplog.at_level("INFO", logger="wasmgate.guest"):
+        driven = await drive(runtime, pool, [processor])
+    assert driven.status == 200
+    assert len([r for r in caplog.records if r.name == "wasmgate.guest"]) == 100
+
