@@ -161,8 +161,10 @@ async def test_a_trap_fails_with_trap_and_wasmtimes_reason(runtime, pool):
         ("{s:name} call $replace-body i32.const 0", "has no body"),
         ("i32.const 99 i32.const 0 i32.const 0 i32.const 0 i32.const 0 call $send-response i32.const 1", "HTTP status"),
         (RESPOND, "without calling send-response"),
-        ("i32.const 200 i32.const 0 i32.const 0 i32.const 0 i32.const 0 call $send-response " + CONTINUE,
-         "returned continue"),
+        (
+            "i32.const 200 i32.const 0 i32.const 0 i32.const 0 i32.const 0 call $send-response " + CONTINUE,
+            "returned continue",
+        ),
         (PAUSE, "nothing to wait for"),
         ("i32.const 7", "not an action"),
     ],
@@ -193,8 +195,11 @@ async def test_a_host_call_from_inside_cabi_realloc_is_refused_as_reentrant(runt
   (func $realloc (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
     i32.const 4 i32.const 1024 i32.const 4 call $log
     i32.const 2048)"""
-    wasm = guest(realloc=reentrant, request_headers="i32.const 0 {s:name} i32.const 64 call $get-header i32.const 0",
-                 strings={"name": "host"})
+    wasm = guest(
+        realloc=reentrant,
+        request_headers="i32.const 0 {s:name} i32.const 64 call $get-header i32.const 0",
+        strings={"name": "host"},
+    )
     processor = make_processor(runtime, wasm)
     error = failure_of(await drive(runtime, pool, [processor], headers={"host": "example"}))
     assert error["cause"] == "abi_violation"
@@ -202,8 +207,9 @@ async def test_a_host_call_from_inside_cabi_realloc_is_refused_as_reentrant(runt
 
 
 async def test_set_upstream_after_the_request_started_is_refused(runtime, pool):
-    wasm = guest(response_headers="{s:url} i32.const 64 call $set-upstream i32.const 0",
-                 strings={"url": "http://elsewhere.test"})
+    wasm = guest(
+        response_headers="{s:url} i32.const 64 call $set-upstream i32.const 0", strings={"url": "http://elsewhere.test"}
+    )
     error = failure_of(await drive(runtime, pool, [make_processor(runtime, wasm)]))
     assert error["cause"] == "abi_violation"
     assert "after the upstream request started" in error["message"]
@@ -230,4 +236,3 @@ async def test_a_guest_log_flood_is_cut_without_failing_the_request(runtime, poo
         driven = await drive(runtime, pool, [processor])
     assert driven.status == 200
     assert len([r for r in caplog.records if r.name == "wasmgate.guest"]) == 100
-

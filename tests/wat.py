@@ -11,6 +11,7 @@ placeholders: ``{s:name}`` (text or raw bytes) expands to ``i32.const PTR i32.co
 from __future__ import annotations
 
 import re
+import struct
 
 import wasmtime
 
@@ -65,17 +66,31 @@ def guest_wat(
     realloc: str = REALLOC,
     memory_pages: int = 1,
     strings: dict[str, str | bytes] | None = None,
+    headers: dict[str, list[tuple[str, str]]] | None = None,
     extra: str = "",
 ) -> str:
     """The WAT text of a guest; hook bodies are instructions leaving an action."""
     layout: dict[str, tuple[int, int]] = {}
     data = []
     offset = 1024
-    for name, text in (strings or {}).items():
-        encoded = text if isinstance(text, bytes) else text.encode()
-        layout[name] = (offset, len(encoded))
-        data.append(f'  (data (i32.const {offset}) "{_escape(encoded)}")')
+
+    def place(name: str, encoded: bytes, count: int | None = None) -> int:
+        nonlocal offset
+        start = offset
+        layout[name] = (start, len(encoded) if count is None else count)
+        data.append(f'  (data (i32.const {start}) "{_escape(encoded)}")')
         offset += len(encoded) + 8 - len(encoded) % 8
+        return start
+
+    for name, text in (strings or {}).items():
+        place(f"s:{name}", text if isinstance(text, bytes) else text.encode())
+    for name, pairs in (headers or {}).items():
+        flat = []
+        for i, pair in enumerate(pairs):
+            for j, text in enumerate(pair):
+                encoded = text.encode()
+                flat += [place(f"h:{name}:{i}:{j}", encoded), len(encoded)]
+        place(f"h:{name}", struct.pack(f"<{len(flat)}I", *flat), len(pairs))
     if init is None:
         init = f"i32.const 0 i32.const 0 i32.store8 i32.const 4 i32.const {phases} i32.store8 i32.const 0"
     imports = "\n".join(f'  (import "{HOST}" "{name}" (func ${name} {sig}))' for name, sig in HOST_CALLS.items())
@@ -93,7 +108,7 @@ def guest_wat(
   (func (export "{HANDLER}on-done") {done})
 {extra}
 )"""
-    return re.sub(r"\{s:([\w-]+)\}", lambda m: "i32.const {} i32.const {}".format(*layout[m.group(1)]), text)
+    return re.sub(r"\{([sh]:[\w-]+)\}", lambda m: "i32.const {} i32.const {}".format(*layout[m.group(1)]), text)
 
 
 def guest(**parts: object) -> bytes:

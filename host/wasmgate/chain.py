@@ -90,6 +90,7 @@ class ChainRun:
         self._sandboxes: list[Sandbox | None] = [None] * count
         self._dropped = [False] * count
         self._span = count  # processors [0, span) take part in the response path
+        self._reached = count  # processors [0, reached) saw the request: they get the done hook
         self._in_flight: asyncio.Future[Any] | None = None
         self._done = False
 
@@ -212,8 +213,7 @@ class ChainRun:
             if self._wants(i, hook):
                 _, local = self._call(i, hook, None, end_of_stream)
                 if local is not None:
-                    self._span = i
-                    return local
+                    return self._answered(i, hook, local)
         return None
 
     def _body(self, hook: Hook, order: Iterable[int], chunk: bytes, end: bool) -> tuple[bytes, LocalResponse | None]:
@@ -222,19 +222,26 @@ class ChainRun:
                 continue
             processor = self.chain.processors[i]
             if processor.buffers and len(chunk) > processor.max_body_bytes:
-                self._span = i
                 if hook is Hook.REQUEST_BODY:
-                    return b"", _too_large("request_too_large", 413, processor.max_body_bytes)
-                return b"", _too_large("upstream_response_too_large", 502, processor.max_body_bytes)
+                    local = _too_large("request_too_large", 413, processor.max_body_bytes)
+                else:
+                    local = _too_large("upstream_response_too_large", 502, processor.max_body_bytes)
+                return b"", self._answered(i, hook, local)
             chunk, local = self._call(i, hook, chunk, end)
             if local is not None:
-                self._span = i
-                return b"", local
+                return b"", self._answered(i, hook, local)
         return chunk, None
+
+    def _answered(self, i: int, hook: Hook, local: LocalResponse) -> LocalResponse:
+        """Processor ``i`` answered: the response path now runs below it."""
+        self._span = i
+        if hook in (Hook.REQUEST_HEADERS, Hook.REQUEST_BODY):
+            self._reached = i + 1
+        return local
 
     def _run_done(self) -> None:
         self._done = True
-        for i in range(len(self.chain.processors) - 1, -1, -1):
+        for i in range(self._reached - 1, -1, -1):
             if self._wants(i, Hook.DONE):
                 self._call(i, Hook.DONE, None, True)
         self._close()
@@ -257,7 +264,8 @@ class ChainRun:
                 raise ProcessorFailure(
                     Cause.MEMORY_LIMIT, f"a {len(body)}-byte body is over its {processor.memory_limit}-byte quota"
                 )
-            local = _judge(sandbox, sandbox.run(hook, self.exchange, body, end))
+            action = sandbox.run(hook, self.exchange, body, end)
+            local = None if hook is Hook.DONE else _judge(sandbox, action)
         except ProcessorFailure as failure:
             return self._failed(i, hook, failure.locate(processor.name, hook.phase), saved, body)
         finally:
@@ -299,7 +307,10 @@ class ChainRun:
         self._dropped[i] = True
         mode = processor.failure_mode
         log.warning(
-            "%s (request %s, %s)", failure, self.exchange.facts.request_id, mode.value,
+            "%s (request %s, %s)",
+            failure,
+            self.exchange.facts.request_id,
+            mode.value,
             extra={"processor": processor.name, "cause": failure.cause.value},
         )
         if hook is Hook.DONE or mode is FailureMode.FAIL_OPEN:

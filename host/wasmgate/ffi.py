@@ -75,19 +75,11 @@ _NO_FINALIZER = ctypes.cast(0, CFUNCTYPE(None, c_void_p))
 _store_new = _bind("wasmtime_store_new", c_void_p, c_void_p, c_void_p, c_void_p)
 _store_context = _bind("wasmtime_store_context", c_void_p, c_void_p)
 _store_delete = _bind("wasmtime_store_delete", None, c_void_p)
-_store_limiter = _bind(
-    "wasmtime_store_limiter", None, c_void_p, c_int64, c_int64, c_int64, c_int64, c_int64
-)
+_store_limiter = _bind("wasmtime_store_limiter", None, c_void_p, c_int64, c_int64, c_int64, c_int64, c_int64)
 _set_epoch_deadline = _bind("wasmtime_context_set_epoch_deadline", None, c_void_p, c_uint64)
-_instantiate_pre = _bind(
-    "wasmtime_instance_pre_instantiate", c_void_p, c_void_p, c_void_p, c_void_p, c_void_p
-)
-_export_get = _bind(
-    "wasmtime_instance_export_get", c_bool, c_void_p, c_void_p, c_char_p, c_size_t, c_void_p
-)
-_call_unchecked = _bind(
-    "wasmtime_func_call_unchecked", c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p
-)
+_instantiate_pre = _bind("wasmtime_instance_pre_instantiate", c_void_p, c_void_p, c_void_p, c_void_p, c_void_p)
+_export_get = _bind("wasmtime_instance_export_get", c_bool, c_void_p, c_void_p, c_char_p, c_size_t, c_void_p)
+_call_unchecked = _bind("wasmtime_func_call_unchecked", c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p)
 _caller_context = _bind("wasmtime_caller_context", c_void_p, c_void_p)
 _memory_data = _bind("wasmtime_memory_data", c_void_p, c_void_p, c_void_p)
 _memory_data_size = _bind("wasmtime_memory_data_size", c_size_t, c_void_p, c_void_p)

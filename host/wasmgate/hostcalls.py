@@ -284,8 +284,18 @@ def log(sandbox: Sandbox, memory: GuestMemory, level: int, ptr: int, length: int
 
 @host_call("define-metric", "iiiiiiiiii")
 def define_metric(
-    sandbox: Sandbox, memory: GuestMemory, kind: int, np: int, nl: int, hp: int, hl: int, lp: int, lc: int,
-    bp: int, bc: int, retptr: int,
+    sandbox: Sandbox,
+    memory: GuestMemory,
+    kind: int,
+    np: int,
+    nl: int,
+    hp: int,
+    hl: int,
+    lp: int,
+    lc: int,
+    bp: int,
+    bc: int,
+    retptr: int,
 ) -> None:
     metric_kind = enum_value(MetricKind, kind, "define-metric")
     name = memory.string(np, nl, "define-metric's name")

@@ -30,11 +30,15 @@ HOOK_OUTCOMES = Counter(
 )
 HOOK_ERRORS = Counter("wasmgate_processor_errors", "Hook failures by cause.", ["processor", "phase", "cause"])
 HOOK_SECONDS = Histogram(
-    "wasmgate_processor_duration_seconds", "Time a hook took, sandbox start included.", ["processor", "phase"],
+    "wasmgate_processor_duration_seconds",
+    "Time a hook took, sandbox start included.",
+    ["processor", "phase"],
     buckets=_FAST,
 )
 MEMORY_HIGH_WATER = Gauge(
-    "wasmgate_processor_memory_high_water_bytes", "Largest guest memory seen for a processor.", ["processor"],
+    "wasmgate_processor_memory_high_water_bytes",
+    "Largest guest memory seen for a processor.",
+    ["processor"],
     multiprocess_mode="max",
 )
 GUEST_LOG_DROPPED = Counter(

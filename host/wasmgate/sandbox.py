@@ -148,6 +148,8 @@ class Sandbox:
             else:
                 args = (int(end_of_stream),)
             action = self._call(hook.export, args)
+            if hook is Hook.DONE:  # on-done returns nothing
+                action = 0
             self._post_return(hook, action)
         except BaseException as failure:
             raise self._failure(failure, hook) from None

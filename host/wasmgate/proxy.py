@@ -1,0 +1,247 @@
+"""The proxy: a request in, its route's processors, the upstream, the
+processors again, the response out.
+
+HTTP is handled here (hop-by-hop headers per RFC 9110, framing,
+``X-Request-Id``, upstream errors as 502/504); processors are the chain's
+business (``chain.ChainRun``), so this module stays a thin adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .chain import BodySource, ChainRun, StreamAborted
+from .config import UpstreamConfig
+from .engine import Runtime
+from .exchange import MANAGED, Exchange, LocalResponse, RequestFacts
+from .executor import GuestPool
+from .metrics import REQUEST_SECONDS, REQUESTS, UPSTREAM_SECONDS
+from .routing import Route, match, upstream_url
+
+access_log = logging.getLogger("wasmgate.access")
+
+SMALL_BODY = 64 * 1024
+"""Bodies known to be at most this are read whole: the chain then needs one
+thread hop per direction instead of one per chunk."""
+
+
+class Gateway:
+    def __init__(self, routes: Sequence[Route], runtime: Runtime, pool: GuestPool, upstream: UpstreamConfig) -> None:
+        self.routes = routes
+        self.runtime = runtime
+        self.pool = pool
+        self._upstream = upstream
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._upstream.max_connections, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,  # bytes pass as the upstream sent them
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        route = match(self.routes, request.method, request.path, request.headers)
+        if route is None:
+            REQUESTS.labels("", "404").inc()
+            return _error(404, "no_route", f"no route matches {request.method} {request.path}")
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        client = request.remote or ""
+        facts = RequestFacts(
+            request.method, request.path, request.query_string, request_id, route.name, route.tenant, client
+        )
+        exchange = Exchange(facts, _forwardable(request, request_id, client), route.upstream)
+        run = ChainRun(route.chain, exchange, self.runtime, self.pool)
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._proxy(request, route, run)
+            return response
+        finally:
+            await run.finish()
+            status = response.status if response is not None else 499  # the client went away
+            REQUESTS.labels(route.name, str(status)).inc()
+            elapsed = time.perf_counter() - started
+            REQUEST_SECONDS.labels(route.name).observe(elapsed)
+            _log_access(facts, status, elapsed, run)
+
+    async def _proxy(self, request: web.Request, route: Route, run: ChainRun) -> web.StreamResponse:
+        exchange = run.exchange
+        forwarded = await run.process_request(await _request_body(request))
+        if isinstance(forwarded, LocalResponse):
+            return await _answer(request, run, await run.respond_locally(forwarded))
+
+        headers = _upstream_headers(exchange, request, untouched=not route.chain.hooks_request_body)
+        if route.chain.hooks_response_body:
+            headers["Accept-Encoding"] = "identity"  # processors read bodies as sent, not compressed
+        sent = time.perf_counter()
+        try:
+            upstream = await self._session.request(
+                request.method,
+                upstream_url(exchange.upstream, request.raw_path),
+                headers=headers,
+                data=forwarded if forwarded else None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=route.timeout, connect=self._upstream.connect_timeout),
+            )
+        except StreamAborted:
+            return await _answer(request, run, await run.respond_locally(run.interrupt))
+        except TimeoutError:
+            error = _gateway_error(504, "upstream_timeout", f"{exchange.upstream} did not answer in time")
+            return await _answer(request, run, await run.respond_locally(error))
+        except aiohttp.ClientError as failure:
+            error = _gateway_error(502, "upstream_unavailable", f"{exchange.upstream}: {failure}")
+            return await _answer(request, run, await run.respond_locally(error))
+        UPSTREAM_SECONDS.labels(route.name).observe(time.perf_counter() - sent)
+
+        async with upstream:
+            final = await run.process_response(
+                upstream.status, _response_headers(upstream.headers), await _response_body(request, upstream)
+            )
+            untouched_length = None if route.chain.hooks_response_body else upstream.content_length
+            return await _answer(request, run, final, untouched_length)
+
+
+# -- bodies ------------------------------------------------------------------------
+
+
+async def _request_body(request: web.Request) -> bytes | BodySource:
+    if not request.body_exists:
+        return b""
+    if request.content_length is not None and request.content_length <= SMALL_BODY:
+        return await request.read()
+    return _chunks(request.content)
+
+
+async def _response_body(request: web.Request, upstream: aiohttp.ClientResponse) -> bytes | BodySource:
+    if request.method == "HEAD" or upstream.status in (204, 304):
+        return b""
+    streamed = upstream.content_type == "text/event-stream"
+    if not streamed and upstream.content_length is not None and upstream.content_length <= SMALL_BODY:
+        return await upstream.read()
+    return _chunks(upstream.content)
+
+
+async def _chunks(reader: aiohttp.StreamReader) -> BodySource:
+    """A body as it arrives, without waiting to fill any buffer (SSE events pass one by one)."""
+    ended = False
+    async for chunk in reader.iter_any():
+        ended = reader.at_eof()
+        yield chunk, ended
+    if not ended:
+        yield b"", True
+
+
+# -- headers -----------------------------------------------------------------------
+
+
+def _connection_scoped(headers: CIMultiDictProxy[str]) -> set[str]:
+    """Hop-by-hop names, including those the message lists in its Connection header."""
+    listed = {name.strip().lower() for value in headers.getall("connection", ()) for name in value.split(",")}
+    return MANAGED | listed
+
+
+def _forwardable(request: web.Request, request_id: str, client: str) -> CIMultiDict[str]:
+    """The request headers processors see and the upstream gets."""
+    drop = _connection_scoped(request.headers)
+    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
+    headers["X-Request-Id"] = request_id
+    prior = headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
+    headers.setdefault("X-Forwarded-Proto", request.scheme)
+    if request.host:
+        headers.setdefault("X-Forwarded-Host", request.host)
+    return headers
+
+
+def _upstream_headers(exchange: Exchange, request: web.Request, untouched: bool) -> CIMultiDict[str]:
+    headers = exchange.request_headers.copy()
+    headers.popall("Host", None)  # the upstream's own host, set from its URL
+    if untouched and request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)  # keep the client's framing when unchanged
+    return headers
+
+
+def _response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    drop = _connection_scoped(headers)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+# -- answering the client ------------------------------------------------------
+
+
+async def _answer(
+    request: web.Request, run: ChainRun, body: bytes | AsyncIterator[bytes], length: int | None = None
+) -> web.StreamResponse:
+    exchange = run.exchange
+    headers = exchange.response_headers.copy()
+    headers["X-Request-Id"] = exchange.facts.request_id
+    if isinstance(body, bytes):
+        return web.Response(status=exchange.response_status, headers=headers, body=body)
+    response = web.StreamResponse(status=exchange.response_status, headers=headers)
+    if length is not None:
+        response.content_length = length
+    await response.prepare(request)
+    try:
+        async for chunk in body:
+            await response.write(chunk)
+    except (StreamAborted, aiohttp.ClientError, TimeoutError) as failure:
+        # The status line is gone: all that is left is to cut the connection.
+        logging.getLogger("wasmgate.proxy").warning(
+            "request %s: response cut mid-stream: %s", exchange.facts.request_id, failure
+        )
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+def _gateway_error(status: int, kind: str, message: str) -> LocalResponse:
+    return LocalResponse.json_error(status, {"type": kind, "message": message})
+
+
+def _error(status: int, kind: str, message: str) -> web.Response:
+    local = _gateway_error(status, kind, message)
+    return web.Response(status=status, headers=local.headers, body=local.body)
+
+
+def _log_access(facts: RequestFacts, status: int, elapsed: float, run: ChainRun) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    processors = {name: {"outcome": o.result, "ms": round(o.seconds * 1000, 3)} for name, o in run.outcomes.items()}
+    access_log.info(
+        json.dumps(
+            {
+                "request_id": facts.request_id,
+                "route": facts.route,
+                "method": facts.method,
+                "path": facts.path,
+                "status": status,
+                "ms": round(elapsed * 1000, 3),
+                "processors": processors,
+            }
+        )
+    )
+
+
+def app(gateway: Gateway) -> web.Application:
+    application = web.Application()
+    application.router.add_route("*", "/{tail:.*}", gateway.handle)
+    application.on_startup.append(lambda _: gateway.start())
+    application.on_cleanup.append(lambda _: gateway.close())
+    return application

@@ -1,0 +1,163 @@
+"""Running the gateway: one process, or a supervisor and worker processes.
+
+With one worker, one process serves both listeners. With more, each worker
+is a process with its own engine, all sharing the listen port through
+SO_REUSEPORT; the supervisor checks the config and modules once before
+any worker starts, serves the admin listener (metrics of every worker,
+through prometheus-client's multiprocess mode), and restarts a worker
+that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.synchronize import Event
+
+from aiohttp import web
+
+from .config import Config, split_address
+from .engine import Runtime
+from .executor import GuestPool
+from .processors import load_processors
+from .proxy import Gateway, app
+from .routing import build_routes
+
+log = logging.getLogger("wasmgate.server")
+
+
+def configure_logging(process: str = "") -> None:
+    where = f" [{process}]" if process else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
+
+
+def check(config: Config) -> None:
+    """Compiles every module and runs every processor's init; raises ``ConfigError``."""
+    runtime = Runtime(cache_dir=config.cache_dir, max_instances=max(64, len(config.processors)))
+    try:
+        load_processors(runtime, config)
+    finally:
+        runtime.close()
+
+
+async def listen(application: web.Application, address: str, reuse_port: bool) -> web.AppRunner:
+    runner = web.AppRunner(application, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = split_address(address)
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024).start()
+    return runner
+
+
+async def start_gateway(config: Config, runtime: Runtime, pool: GuestPool, reuse_port: bool = False) -> web.AppRunner:
+    """Loads the processors (off the event loop) and listens on ``config.listen``."""
+    processors = await asyncio.get_running_loop().run_in_executor(None, load_processors, runtime, config)
+    gateway = Gateway(build_routes(config.routes, processors), runtime, pool, config.upstream)
+    return await listen(app(gateway), config.listen, reuse_port)
+
+
+async def serve(config: Config, ready: Callable[[], None], stop: asyncio.Event, admin: bool) -> None:
+    """Loads the processors, then serves until ``stop`` is set."""
+    runtime = Runtime(cache_dir=config.cache_dir, max_instances=config.sandbox.max_instances)
+    pool = GuestPool(config.sandbox.threads)
+    runners: list[web.AppRunner] = []
+    try:
+        runners.append(await start_gateway(config, runtime, pool, reuse_port=True))
+        if admin:
+            from prometheus_client import REGISTRY
+
+            from .admin import admin_app
+
+            runners.append(await listen(admin_app(REGISTRY, lambda: True), config.admin_listen, reuse_port=False))
+        ready()
+        log.info("serving on %s (pid %d)", config.listen, os.getpid())
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        pool.close()
+        runtime.close()
+
+
+def _run_loop(main: Callable[[asyncio.Event], object]) -> None:
+    """Runs ``main(stop)`` on uvloop when available; SIGTERM and SIGINT set ``stop``."""
+
+    async def entry() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await main(stop)
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(entry())
+    else:
+        uvloop.run(entry())
+
+
+def run(config: Config, workers: int) -> None:
+    if workers == 1:
+        _run_loop(lambda stop: serve(config, lambda: None, stop, admin=True))
+    else:
+        _supervise(config, workers)
+
+
+def _worker(config: Config, ready: Event) -> None:
+    configure_logging(f"worker {os.getpid()}")
+    _run_loop(lambda stop: serve(config, ready.set, stop, admin=False))
+
+
+def _supervise(config: Config, workers: int) -> None:
+    check(config)  # one clear report of every problem, before any worker starts
+    metrics_dir = tempfile.mkdtemp(prefix="wasmgate-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by each worker's prometheus-client at import
+    context = multiprocessing.get_context("spawn")
+    slots: list[tuple[multiprocessing.Process, Event]] = []
+
+    def start() -> tuple[multiprocessing.Process, Event]:
+        ready = context.Event()
+        process = context.Process(target=_worker, args=(config, ready), daemon=True)
+        process.start()
+        return process, ready
+
+    async def main(stop: asyncio.Event) -> None:
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        from .admin import admin_app
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        slots.extend(start() for _ in range(workers))
+
+        def ready() -> bool:
+            return all(process.is_alive() and event.is_set() for process, event in slots)
+
+        runner = await listen(admin_app(registry, ready), config.admin_listen, reuse_port=False)
+        try:
+            while not stop.is_set():
+                for i, (process, _) in enumerate(slots):
+                    if not process.is_alive():
+                        log.error("worker %d exited with %s; starting another", process.pid, process.exitcode)
+                        multiprocess.mark_process_dead(process.pid)
+                        slots[i] = start()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+        finally:
+            await runner.cleanup()
+            for process, _ in slots:
+                process.terminate()
+            deadline = time.monotonic() + 10
+            for process, _ in slots:
+                process.join(max(0.0, deadline - time.monotonic()))
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    _run_loop(main)

@@ -1,0 +1,142 @@
+"""The ``wasmgate`` command, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .wat import guest
+
+WASMGATE = [sys.executable, "-m", "wasmgate"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_config(directory: Path, **data: object) -> Path:
+    path = directory / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"module_dirs": ["."], "cache_dir": str(directory / "cache"), **data}))
+    return path
+
+
+def wasmgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*WASMGATE, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_check_names_each_problem_and_exits_1(tmp_path: Path):
+    config = write_config(
+        tmp_path,
+        processors=[{"name": "p", "module": "missing"}, {"name": "q", "module": "m", "body": "sometimes"}],
+    )
+    result = wasmgate("check", "--config", str(config))
+    assert result.returncode == 1
+    assert "processors[1].body: Input should be 'stream' or 'buffer'" in result.stderr
+
+
+def test_check_reports_a_module_that_is_not_there(tmp_path: Path):
+    config = write_config(tmp_path, processors=[{"name": "p", "module": "missing"}])
+    result = wasmgate("check", "--config", str(config))
+    assert result.returncode == 1
+    assert "processors[0].module: no missing.wasm in module_dirs" in result.stderr
+
+
+def test_check_runs_each_processors_init(tmp_path: Path):
+    (tmp_path / "ok.wasm").write_bytes(guest())
+    (tmp_path / "not-wasm.wasm").write_bytes(b"\0asm garbage")
+    config = write_config(
+        tmp_path, processors=[{"name": "good", "module": "ok"}, {"name": "bad", "module": "not-wasm"}]
+    )
+    result = wasmgate("check", "--config", str(config))
+    assert result.returncode == 1
+    assert "processors[1].module: module 'not-wasm' is not valid WebAssembly" in result.stderr
+    assert "processors[0]" not in result.stderr
+
+
+def test_config_explain_prints_the_effective_config(tmp_path: Path):
+    config = write_config(tmp_path, processors=[{"name": "p", "module": "m"}])
+    result = wasmgate("config", "--explain", str(config))
+    assert result.returncode == 0
+    assert yaml.safe_load(result.stdout)["processors"][0]["failure_mode"] == "fail_closed"
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
+    """``wasmgate run --workers 2`` in front of an upstream that is not there (502s are fine here)."""
+    (tmp_path / "tag.wasm").write_bytes(
+        guest(
+            phases=4,
+            response_headers="i32.const 1 {s:n} {s:v} call $set-header i32.const 0",
+            strings={"n": "x-tag", "v": "on"},
+        )
+    )
+    listen, admin = free_port(), free_port()
+    config = write_config(
+        tmp_path,
+        listen=f"127.0.0.1:{listen}",
+        admin_listen=f"127.0.0.1:{admin}",
+        processors=[{"name": "tag", "module": "tag"}],
+        routes=[{"name": "r", "upstream": f"http://127.0.0.1:{free_port()}", "processors": ["tag"]}],
+    )
+    process = subprocess.Popen(
+        [*WASMGATE, "run", "--config", str(config), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base, admin_base = f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if get(f"{admin_base}/readyz")[0] == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    else:
+        process.kill()
+        pytest.fail(f"the gateway did not become ready:\n{process.communicate()[0]}")
+    yield base, admin_base, process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_run_serves_through_its_workers_and_stops_on_sigterm(gateway):
+    base, admin, process = gateway
+    statuses = [get(f"{base}/v1/x")[0] for _ in range(20)]
+    assert statuses == [502] * 20
+    assert get(f"{admin}/healthz")[0] == 200
+    status, metrics = get(f"{admin}/metrics")
+    assert status == 200
+    line = next(line for line in metrics.decode().splitlines() if line.startswith("wasmgate_requests_total{"))
+    assert line.endswith(" 20.0")  # both workers' counts, added up
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    access = [
+        json.loads(line.split("wasmgate.access: ", 1)[1]) for line in output.splitlines() if "wasmgate.access" in line
+    ]
+    assert len(access) == 20
+    assert access[0]["processors"]["tag"]["outcome"] == "continue"
+    assert access[0]["status"] == 502

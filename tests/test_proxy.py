@@ -1,0 +1,238 @@
+"""The proxy over real sockets: upstreams and gateway on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from wasmgate.config import parse_config
+from wasmgate.server import listen, start_gateway
+
+from .wat import guest
+
+
+class Start:
+    """Starts a gateway: ``await start(config, modules={name: wasm})`` returns its URL.
+
+    ``${UP}`` and ``${UP2}`` in the config's strings are two echo upstreams,
+    whose URLs are also in ``start.upstreams``.
+    """
+
+    def __init__(self, launch: Callable[..., Awaitable[str]], upstreams: dict[str, str]) -> None:
+        self._launch = launch
+        self.upstreams = upstreams
+
+    async def __call__(self, config: dict[str, Any], modules: dict[str, bytes] | None = None) -> str:
+        return await self._launch(config, modules)
+
+
+def _url(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://{host}:{port}"
+
+
+def upstream_app(name: str = "up") -> web.Application:
+    """Echoes what it received; also slow and server-sent-event endpoints."""
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response(
+            {
+                "served_by": name,
+                "method": request.method,
+                "path": request.path_qs,
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "body": body.decode("latin-1"),
+            },
+            headers={"x-upstream": name, "Connection": "keep-alive, x-private", "x-private": "hop"},
+        )
+
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.Response(text="late")
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(5):
+            await response.write(f"data: event-{i}\n\n".encode())
+            await asyncio.sleep(0.1)
+        await response.write_eof()
+        return response
+
+    app = web.Application(client_max_size=64 * 2**20)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/events", events)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+@pytest.fixture
+async def start(runtime, pool, tmp_path: Path) -> AsyncIterator[Start]:
+    runners: list[web.AppRunner] = []
+    upstreams = {}
+    for key, name in (("${UP}", "up"), ("${UP2}", "up2")):
+        runners.append(await listen(upstream_app(name), "127.0.0.1:0", reuse_port=False))
+        upstreams[key] = _url(runners[-1])
+
+    async def starter(config: dict[str, Any], modules: dict[str, bytes] | None = None) -> str:
+        for name, wasm in (modules or {}).items():
+            (tmp_path / f"{name}.wasm").write_bytes(wasm)
+        text = json.dumps({"listen": "127.0.0.1:0", "module_dirs": [str(tmp_path)], **config})
+        for key, url in upstreams.items():
+            text = text.replace(key, url)
+        runners.append(await start_gateway(parse_config(json.loads(text)), runtime, pool))
+        return _url(runners[-1])
+
+    yield Start(starter, upstreams)
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+def route(**extra: Any) -> dict[str, Any]:
+    return {"name": "main", "upstream": "${UP}", **extra}
+
+
+async def test_a_request_reaches_the_upstream_and_its_answer_the_client(start):
+    gateway = await start({"routes": [route()]})
+    async with aiohttp.ClientSession() as client, client.post(f"{gateway}/v1/x?q=a%20b", data=b"hi") as response:
+        echo = await response.json()
+        assert response.status == 200
+        assert response.headers["x-upstream"] == "up"
+    assert (echo["method"], echo["path"], echo["body"]) == ("POST", "/v1/x?q=a%20b", "hi")
+
+
+async def test_a_request_id_is_made_when_absent_and_passed_on(start):
+    gateway = await start({"routes": [route()]})
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/") as response:
+        echo = await response.json()
+        assert len(response.headers["x-request-id"]) == 32
+        assert echo["headers"]["x-request-id"] == response.headers["x-request-id"]
+
+
+async def test_a_clients_request_id_is_kept(start):
+    gateway = await start({"routes": [route()]})
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/", headers={"x-request-id": "abc"}) as r:
+        assert (await r.json())["headers"]["x-request-id"] == "abc"
+        assert r.headers["x-request-id"] == "abc"
+
+
+async def test_hop_by_hop_headers_stop_at_the_gateway_both_ways(start):
+    gateway = await start({"routes": [route()]})
+    headers = {"Connection": "x-secret", "x-secret": "1", "Keep-Alive": "timeout=5", "TE": "trailers", "x-kept": "2"}
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/", headers=headers) as response:
+        seen = set((await response.json())["headers"])
+        assert "x-private" not in response.headers  # listed in the upstream's Connection header
+    assert "x-kept" in seen
+    assert not {"x-secret", "keep-alive", "te"} & seen
+
+
+async def test_no_matching_route_is_a_json_404(start):
+    gateway = await start({"routes": [route(match={"path_prefix": "/v1/"})]})
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/other") as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["type"] == "no_route"
+
+
+async def test_routes_match_by_prefix_method_and_header_first_match_wins(start):
+    gateway = await start(
+        {
+            "routes": [
+                route(name="tagged", upstream="${UP2}", match={"path_prefix": "/v1/", "headers": {"x-tier": "gold"}}),
+                route(name="posts", upstream="${UP2}", match={"path_prefix": "/v1/", "methods": ["post"]}),
+                route(name="rest"),
+            ]
+        }
+    )
+    async with aiohttp.ClientSession() as client:
+        served = []
+        for method, headers in (("GET", {"x-tier": "gold"}), ("POST", {}), ("GET", {})):
+            async with client.request(method, f"{gateway}/v1/a", headers=headers) as response:
+                served.append((await response.json())["served_by"])
+    assert served == ["up2", "up2", "up"]
+
+
+async def test_an_unreachable_upstream_is_a_json_502(start):
+    gateway = await start({"routes": [route(upstream="http://127.0.0.1:9")]})
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/") as response:
+        assert response.status == 502
+        assert (await response.json())["error"]["type"] == "upstream_unavailable"
+
+
+async def test_an_upstream_that_does_not_answer_in_time_is_a_json_504(start):
+    gateway = await start({"routes": [route(timeout="200ms")]})
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/slow") as response:
+        assert response.status == 504
+        assert (await response.json())["error"]["type"] == "upstream_timeout"
+    assert time.monotonic() - started < 3
+
+
+async def test_server_sent_events_reach_the_client_one_by_one(start):
+    gateway = await start({"routes": [route()]})
+    arrivals = []
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/events") as response:
+        async for line in response.content:
+            if line.startswith(b"data:"):
+                arrivals.append(time.monotonic())
+    assert len(arrivals) == 5
+    assert arrivals[-1] - arrivals[0] > 0.3  # the first event came while the upstream was still sending
+
+
+async def test_response_body_processors_see_each_streamed_chunk_in_order(start, caplog):
+    logs_chunks = guest(phases=8, response_body="i32.const 2 local.get 0 local.get 1 call $log i32.const 0")
+    config = {"processors": [{"name": "watch", "module": "watch"}], "routes": [route(processors=["watch"])]}
+    gateway = await start(config, {"watch": logs_chunks})
+    with caplog.at_level(logging.INFO, logger="wasmgate.guest"):
+        async with aiohttp.ClientSession() as client, client.get(f"{gateway}/events") as response:
+            received = await response.read()
+    seen = "".join(r.getMessage().removeprefix("[watch] ") for r in caplog.records if r.name == "wasmgate.guest")
+    assert seen == received.decode() == "".join(f"data: event-{i}\n\n" for i in range(5))
+
+
+async def test_a_processor_can_choose_the_upstream(start):
+    choose = guest(
+        phases=1,
+        request_headers="{s:url} i32.const 64 call $set-upstream i32.const 0",
+        strings={"url": start.upstreams["${UP2}"]},
+    )
+    config = {"processors": [{"name": "pick", "module": "pick"}], "routes": [route(processors=["pick"])]}
+    gateway = await start(config, {"pick": choose})
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/v1/m") as response:
+        assert (await response.json())["served_by"] == "up2"
+
+
+async def test_a_large_streamed_request_body_flows_through_a_streaming_processor(start):
+    passthrough = guest(phases=2)
+    config = {"processors": [{"name": "pass", "module": "pass"}], "routes": [route(processors=["pass"])]}
+    gateway = await start(config, {"pass": passthrough})
+    payload = b"0123456789" * 100_000  # 1 MB: streamed, not read whole
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(payload), 65536):
+            yield payload[i : i + 65536]
+
+    async with aiohttp.ClientSession() as client, client.post(f"{gateway}/up", data=chunks()) as response:
+        echo = await response.json()
+    assert echo["body"].encode("latin-1") == payload
+
+
+async def test_a_streamed_body_over_a_buffering_processors_limit_is_a_413(start):
+    buffering = guest(phases=2)
+    config = {
+        "processors": [{"name": "buf", "module": "buf", "body": "buffer", "max_body_bytes": "100KiB"}],
+        "routes": [route(processors=["buf"])],
+    }
+    gateway = await start(config, {"buf": buffering})
+    async with aiohttp.ClientSession() as client, client.post(f"{gateway}/", data=b"x" * 300_000) as response:
+        assert response.status == 413
+        assert (await response.json())["error"]["type"] == "request_too_large"
