@@ -1,0 +1,38 @@
+//! The request being processed: its facts, headers, upstream and body.
+
+use crate::hostcalls;
+use crate::types::{Message, RequestInfo};
+use crate::Headers;
+
+pub use crate::hostcalls::replace_body;
+
+pub fn info() -> RequestInfo {
+    hostcalls::request_info()
+}
+
+pub fn header(name: &str) -> Option<String> {
+    hostcalls::header(Message::Request, name)
+}
+
+pub fn headers() -> Headers {
+    hostcalls::headers(Message::Request)
+}
+
+/// Replaces every value of `name`. Allowed until the request is sent upstream.
+pub fn set_header(name: &str, value: &str) {
+    hostcalls::set_header(Message::Request, name, value)
+}
+
+pub fn add_header(name: &str, value: &str) {
+    hostcalls::add_header(Message::Request, name, value)
+}
+
+pub fn remove_header(name: &str) {
+    hostcalls::remove_header(Message::Request, name)
+}
+
+/// Sends the request to `url` (absolute http or https) instead of the route's
+/// upstream. Allowed in request hooks before the upstream request started.
+pub fn set_upstream(url: &str) -> Result<(), String> {
+    hostcalls::set_upstream(url)
+}

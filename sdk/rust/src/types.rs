@@ -1,0 +1,113 @@
+//! The values hooks and host calls exchange, as the WIT world defines them.
+
+/// What the gateway does when a hook returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Action {
+    /// Carry on: the next processor, then the upstream or the client.
+    Continue = 0,
+    /// Answer with the response given to [`crate::respond`] in this hook.
+    Respond = 1,
+    /// Reserved for sub-requests; the gateway fails a hook that pauses with nothing to wait for.
+    Pause = 2,
+}
+
+/// The hooks a processor wants to be called in, returned by [`crate::Processor::init`].
+/// The gateway skips the others: a body nobody asked for never enters the sandbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Phases(u8);
+
+impl Phases {
+    pub const NONE: Phases = Phases(0);
+    pub const REQUEST_HEADERS: Phases = Phases(1);
+    pub const REQUEST_BODY: Phases = Phases(2);
+    pub const RESPONSE_HEADERS: Phases = Phases(4);
+    pub const RESPONSE_BODY: Phases = Phases(8);
+    pub const DONE: Phases = Phases(16);
+    pub const ALL: Phases = Phases(31);
+
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub const fn contains(self, other: Phases) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl core::ops::BitOr for Phases {
+    type Output = Phases;
+    fn bitor(self, other: Phases) -> Phases {
+        Phases(self.0 | other.0)
+    }
+}
+
+impl core::ops::BitOrAssign for Phases {
+    fn bitor_assign(&mut self, other: Phases) {
+        self.0 |= other.0;
+    }
+}
+
+/// Which message a header call reads or changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Message {
+    Request = 0,
+    Response = 1,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum LogLevel {
+    Trace = 0,
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MetricKind {
+    Counter = 0,
+    Gauge = 1,
+    Histogram = 2,
+}
+
+/// Facts about the request being processed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub method: String,
+    /// The path as the client sent it, without the query.
+    pub path: String,
+    /// The query string without the leading `?`; empty when absent.
+    pub query: String,
+    pub request_id: String,
+    pub route: String,
+    pub tenant: String,
+    pub client_address: String,
+}
+
+/// A complete local response, built and then sent with [`crate::respond`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn new(status: u16) -> Response {
+        Response { status, headers: Vec::new(), body: Vec::new() }
+    }
+
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Response {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Response {
+        self.body = body.into();
+        self
+    }
+}
