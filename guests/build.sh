@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds every example processor from source into OUT_DIR (default: the
+# modules shipped in the Python package). Builds are reproducible: paths of
+# this checkout and of cargo's home are remapped, so another clone on another
+# machine makes the same bytes (.ci/run checks the shipped modules that way).
+#
+#   guests/build.sh [OUT_DIR]
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=$(realpath -m "${1:-$repo/host/wasmgate/modules}")
+mkdir -p "$out"
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+
+build_rust() {
+    # Debian's rustc has the wasm32 standard library's sources (rust-web-src);
+    # -Zbuild-std builds it, once per target dir.
+    export RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1
+    export __CARGO_TESTS_ONLY_SRC_ROOT=/usr/lib/rustlib/src/rust/library
+    export CARGO_TARGET_DIR="$repo/guests/target"
+    # A 128 KiB stack (Rust's default is 1 MiB) keeps a fresh instance's memory
+    # small: the gateway starts one per request.
+    export RUSTFLAGS="-C linker=/usr/bin/wasm-ld-14 -C link-arg=-zstack-size=131072 \
+        --remap-path-prefix=$repo=/wasmgate --remap-path-prefix=$cargo_home=/cargo"
+    /usr/bin/cargo build --quiet --locked --release --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort \
+        --manifest-path "$repo/guests/rust/Cargo.toml"
+    for crate in "$repo"/guests/rust/*/Cargo.toml; do
+        name=$(basename "$(dirname "$crate")")
+        cp "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/${name//-/_}.wasm" "$out/$name.wasm"
+    done
+}
+
+build_rust
+ls -l "$out"/*.wasm | awk '{printf "  %8d  %s\n", $5, $NF}'
