@@ -116,12 +116,22 @@ class GuestMemory:
     after the guest ran (``alloc``), since growing memory may move it.
     """
 
-    __slots__ = ("_context", "_memory", "_realloc", "_base", "_size")
+    __slots__ = ("_context", "_memory", "_realloc", "_slots", "_store", "_base", "_size")
 
-    def __init__(self, context: int, memory_ref: object, realloc_ref: object) -> None:
+    def __init__(
+        self,
+        context: int,
+        memory_ref: object,
+        realloc_ref: object,
+        slots: ctypes.Array[ffi.RawVal],
+        store: ffi.Store | None,
+    ) -> None:
+        """``store`` when the host owns the store; None inside a host call, on the caller's ``context``."""
         self._context = context
         self._memory = memory_ref
         self._realloc = realloc_ref
+        self._slots = slots
+        self._store = store
         self._base = -1
         self._size = 0
 
@@ -173,9 +183,12 @@ class GuestMemory:
         """
         if not data:
             return align
-        slots = (ffi.RawVal * 4)()
+        slots = self._slots
         slots[0].u32, slots[1].u32, slots[2].u32, slots[3].u32 = 0, 0, align, len(data)
-        ffi.call_in(self._context, self._realloc, slots)
+        if self._store is None:
+            ffi.call_in(self._context, self._realloc, slots)
+        else:
+            self._store.call(self._realloc, slots)
         ptr = slots[0].u32
         self._view()
         if ptr == 0 or ptr % align:

@@ -32,6 +32,7 @@ class Processor:
     failure_mode: FailureMode
     fallback: LocalResponse | None
     timeouts: dict[Hook, float]
+    deadline_ticks: dict[Hook, int]
     memory_limit: int
     guest_metrics: GuestMetrics
     metrics: ProcessorMetrics
@@ -54,6 +55,7 @@ def build_processor(runtime: Runtime, spec: ProcessorConfig, module: CompiledMod
     fallback = None
     if spec.fallback is not None:
         fallback = LocalResponse(spec.fallback.status, list(spec.fallback.headers.items()), spec.fallback.body.encode())
+    timeouts = {hook: getattr(spec.timeouts, hook.phase) for hook in Hook}
     draft = Processor(
         name=spec.name,
         module=module,
@@ -63,7 +65,8 @@ def build_processor(runtime: Runtime, spec: ProcessorConfig, module: CompiledMod
         max_body_bytes=spec.max_body_bytes,
         failure_mode=spec.failure_mode,
         fallback=fallback,
-        timeouts={hook: getattr(spec.timeouts, hook.phase) for hook in Hook},
+        timeouts=timeouts,
+        deadline_ticks={hook: runtime.ticks(seconds) for hook, seconds in timeouts.items()},
         memory_limit=spec.memory_limit,
         guest_metrics=GuestMetrics(spec.name),
         metrics=ProcessorMetrics(spec.name),
@@ -73,7 +76,7 @@ def build_processor(runtime: Runtime, spec: ProcessorConfig, module: CompiledMod
         phases = sandbox.init(draft.config_json)
     finally:
         sandbox.close()
-    return dataclasses.replace(draft, phases=phases)
+    return dataclasses.replace(draft, phases=Phases(phases))
 
 
 def load_processors(runtime: Runtime, config: Config) -> dict[str, Processor]:

@@ -60,6 +60,7 @@ class Sandbox:
         "_realloc",
         "_funcs",
         "_slots",
+        "_alloc_slots",
     )
 
     def __init__(self, runtime: Runtime, processor: Processor) -> None:
@@ -76,6 +77,7 @@ class Sandbox:
         self._memory: object | None = None  # byref of the instance's memory
         self._funcs: dict[bytes, object] = {}  # byref of each function called
         self._slots = (ffi.RawVal * 4)()
+        self._alloc_slots = (ffi.RawVal * 4)()  # cabi_realloc's, never in use twice at once
         self._store: ffi.Store | None = ffi.Store(runtime.engine)
         self._store.limit(2 * processor.memory_limit, TABLE_ELEMENTS)
         self._enter(Hook.INIT)
@@ -87,7 +89,7 @@ class Sandbox:
             self._memory = ctypes.byref(self._store.export(self._instance, b"memory").of.memory)
             self._realloc = self._func(b"cabi_realloc")
             if processor.module.has_initialize:
-                self._call(b"_initialize", ())
+                self._store.call(self._func(b"_initialize"), self._slots)
         except BaseException as error:
             raise self._failure(error, Hook.INIT) from None
         finally:
@@ -103,18 +105,23 @@ class Sandbox:
             self._store.close()
             self._store = None
 
-    def memory(self, context: int | None = None) -> GuestMemory:
-        """A view of guest memory; host calls pass their caller's context."""
-        return GuestMemory(self._store.context if context is None else context, self._memory, self._realloc)
+    def memory(self, caller_context: int | None = None) -> GuestMemory:
+        """A view of guest memory: for the host between calls, or for a host call on its caller's context."""
+        store = self._store if caller_context is None else None
+        context = self._store.context if caller_context is None else caller_context
+        return GuestMemory(context, self._memory, self._realloc, self._alloc_slots, store)
 
     # -- hooks ---------------------------------------------------------------
 
-    def init(self, config: bytes) -> Phases:
-        """Runs the guest's ``init`` with its JSON config; returns its phases."""
+    def init(self, config: bytes) -> int:
+        """Runs the guest's ``init`` with its JSON config; returns its phase bits."""
         self._enter(Hook.INIT)
         try:
-            ptr = self.memory().alloc(config, "the config")
-            result = self._call(Hook.INIT.export, (ptr, len(config)))
+            slots = self._slots
+            slots[0].u32 = self.memory().alloc(config, "the config")
+            slots[1].u32 = len(config)
+            self._store.call(self._func(Hook.INIT.export), slots)
+            result = slots[0].u32
             memory = self.memory()
             tag, payload, length = struct.unpack("<BxxxII", memory.read(result, 12, "init's result"))
             if tag > 1:
@@ -128,7 +135,7 @@ class Sandbox:
         self._check_memory()
         if error is not None:
             raise ProcessorFailure(Cause.INIT_FAILED, error)
-        return Phases(payload & Phases.ALL)  # bits past the flags are ignored, as in the canonical ABI
+        return payload & Phases.ALL  # bits past the flags are ignored, as in the canonical ABI
 
     def run(self, hook: Hook, exchange: Exchange, body: bytes | None = None, end_of_stream: bool = True) -> int:
         """Runs one hook; returns its raw action for the chain to judge.
@@ -140,16 +147,16 @@ class Sandbox:
         self.replaced_body = None
         self.local_response = None
         self._enter(hook)
+        slots = self._slots
         try:
-            if hook is Hook.DONE:
-                args: tuple[int, ...] = ()
-            elif hook.takes_body:
-                args = (self.memory().alloc(body, "the body"), len(body), int(end_of_stream))
+            if hook.takes_body:
+                slots[0].u32 = self.memory().alloc(body, "the body")
+                slots[1].u32 = len(body)
+                slots[2].u32 = end_of_stream
             else:
-                args = (int(end_of_stream),)
-            action = self._call(hook.export, args)
-            if hook is Hook.DONE:  # on-done returns nothing
-                action = 0
+                slots[0].u32 = end_of_stream  # ignored by on-done
+            self._store.call(self._func(hook.export), slots)
+            action = 0 if hook is Hook.DONE else slots[0].u32  # on-done returns nothing
             self._post_return(hook, action)
         except BaseException as failure:
             raise self._failure(failure, hook) from None
@@ -162,7 +169,7 @@ class Sandbox:
 
     def _enter(self, hook: Hook) -> None:
         """Starts a guarded region: one deadline, host calls allowed for ``hook``."""
-        self._store.set_deadline(self._runtime.ticks(self.processor.timeouts[hook]))
+        self._store.set_deadline(self.processor.deadline_ticks[hook])
         self.hook = hook
         self.fault = None
         _active.sandbox = self
@@ -171,16 +178,10 @@ class Sandbox:
         _active.sandbox = None
         self.hook = None
 
-    def _call(self, name: bytes, args: tuple[int, ...]) -> int:
-        slots = self._slots
-        for i, value in enumerate(args):
-            slots[i].u32 = value
-        self._store.call(self._func(name), slots)
-        return slots[0].u32
-
     def _post_return(self, hook: Hook, result: int) -> None:
         if hook.post_return in self.processor.module.post_returns:
-            self._call(hook.post_return, () if hook is Hook.DONE else (result,))
+            self._slots[0].u32 = result  # ignored by on-done's, which takes nothing
+            self._store.call(self._func(hook.post_return), self._slots)
 
     def _func(self, name: bytes) -> object:
         func = self._funcs.get(name)
