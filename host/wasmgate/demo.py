@@ -80,7 +80,7 @@ async def _steps(session: aiohttp.ClientSession, gateway: str) -> list[Step]:
 
     async def injection() -> tuple[bool, str]:
         async with session.post(url, json=_chat("hello")) as response:
-            seen = (await response.json())["echo"]["headers"].get("X-Gateway")
+            seen = (await response.json())["echo"]["headers"].get("x-gateway")
             added = response.headers.get("x-served-through")
         observed = f"upstream saw x-gateway={seen}; client got x-served-through={added}"
         return (seen, added) == ("wasmgate-demo", "wasmgate"), observed
@@ -88,7 +88,7 @@ async def _steps(session: aiohttp.ClientSession, gateway: str) -> list[Step]:
     async def routing() -> tuple[bool, str]:
         async with session.post(url, json=_chat("which upstream?", model="model-b")) as response:
             echo = (await response.json())["echo"]
-        served, header = echo["served_by"], echo["headers"].get("X-Gateway-Model-Name")
+        served, header = echo["served_by"], echo["headers"].get("x-gateway-model-name")
         return (served, header) == ("upstream-b", "model-b"), f"served by {served}, x-gateway-model-name={header}"
 
     async def rejection() -> tuple[bool, str]:

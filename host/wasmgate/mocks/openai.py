@@ -4,8 +4,8 @@
 last user message, plainly or streamed as server-sent events (``stream``,
 with usage in a last event when ``stream_options.include_usage`` is set).
 Every answer carries an ``echo`` field (not part of the OpenAI API) with
-what this upstream received, so a caller can see what the gateway
-forwarded. Run it alone with ``python -m wasmgate.mocks.openai --port 8000``.
+what this upstream received (header names in lower case), so a caller can
+see what the gateway forwarded. Run it alone with ``python -m wasmgate.mocks.openai --port 8000``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def make_app(name: str = "mock", completion_tokens: int | None = None, event_del
             "completion_tokens": completion,
             "total_tokens": prompt_tokens + completion,
         }
-        echo = {"served_by": name, "headers": dict(request.headers), "body": body}
+        headers = {k.lower(): v for k, v in request.headers.items()}  # names are case-insensitive
+        echo = {"served_by": name, "headers": headers, "body": body}
         created = int(time.time())
         if not body.get("stream"):
             return web.json_response(
