@@ -15,25 +15,13 @@ import struct
 
 import wasmtime
 
-HOST = "wasmgate:processor/host@0.1.0"
-HANDLER = "wasmgate:processor/handler@0.1.0#"
+from wasmgate import abi, hostcalls
 
-HOST_CALLS = {
-    "get-request-info": "(param i32)",
-    "get-header": "(param i32 i32 i32 i32)",
-    "get-headers": "(param i32 i32)",
-    "set-header": "(param i32 i32 i32 i32 i32)",
-    "add-header": "(param i32 i32 i32 i32 i32)",
-    "remove-header": "(param i32 i32 i32)",
-    "get-status": "(result i32)",
-    "set-status": "(param i32)",
-    "replace-body": "(param i32 i32)",
-    "send-response": "(param i32 i32 i32 i32 i32)",
-    "set-upstream": "(param i32 i32 i32)",
-    "log": "(param i32 i32 i32)",
-    "define-metric": "(param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32)",
-    "record-metric": "(param i32 i32 i32 f64)",
-}
+HOST = abi.HOST_MODULE
+HANDLER = f"{abi.HANDLER}#"
+
+HOST_CALLS = hostcalls.signatures()
+"""Imported as the host defines them: the conformance check holds the host to the WIT world."""
 
 ALL_PHASES = 31
 CONTINUE, RESPOND, PAUSE = "i32.const 0", "i32.const 1", "i32.const 2"

@@ -64,6 +64,15 @@ def host_call(name: str, params: str, returns: bool = False) -> Callable[[HostFu
     return register
 
 
+def signatures() -> dict[str, str]:
+    """Each host call's flat core signature in WAT, for tests and tools: ``(param i32 i32) (result i32)``."""
+    wat = {"i": "i32", "f": "f64"}
+    return {
+        name: f"(param {' '.join(wat[p] for p in params)})" + (" (result i32)" if returns else "")
+        for name, (params, returns, _) in _FUNCS.items()
+    }
+
+
 def define(linker: wasmtime.Linker) -> None:
     """Defines every host call on ``linker``."""
     types = {"i": wasmtime.ValType.i32(), "f": wasmtime.ValType.f64()}
