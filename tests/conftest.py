@@ -67,7 +67,7 @@ async def drive(
     pool: GuestPool,
     processors: list[Processor],
     *,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | CIMultiDict[str] | None = None,
     body: bytes = b"",
     upstream_response: tuple[int, dict[str, str], bytes] = (200, {"content-type": "text/plain"}, b"upstream"),
 ) -> Driven:

@@ -17,6 +17,7 @@ from aiohttp import web
 from wasmgate.config import parse_config
 from wasmgate.server import listen, start_gateway
 
+from .conftest import module_bytes
 from .wat import guest
 
 
@@ -236,3 +237,38 @@ async def test_a_streamed_body_over_a_buffering_processors_limit_is_a_413(start)
     async with aiohttp.ClientSession() as client, client.post(f"{gateway}/", data=b"x" * 300_000) as response:
         assert response.status == 413
         assert (await response.json())["error"]["type"] == "request_too_large"
+
+
+# -- the example processors, end to end ------------------------------------------------
+
+
+def chat(content: str, model: str = "model-a") -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}]}
+
+
+async def test_an_email_in_a_chat_request_reaches_the_upstream_redacted(start):
+    config = {
+        "processors": [{"name": "pii", "module": "pii-redact", "body": "buffer"}],
+        "routes": [route(processors=["pii"])],
+    }
+    gateway = await start(config, {"pii-redact": module_bytes("pii-redact")})
+    prompt = chat("I am jane.doe@example.com")
+    async with aiohttp.ClientSession() as client, client.post(f"{gateway}/v1/chat", json=prompt) as response:
+        forwarded = json.loads((await response.json())["body"])
+    assert forwarded["messages"][0]["content"] == "I am [REDACTED:EMAIL]"
+
+
+async def test_a_body_routed_request_reaches_the_upstream_its_model_selects(start):
+    routes = {"model-a": "${UP}", "model-b": "${UP2}"}
+    config = {
+        "processors": [{"name": "router", "module": "body-router", "body": "buffer", "config": {"routes": routes}}],
+        "routes": [route(processors=["router"])],
+    }
+    gateway = await start(config, {"body-router": module_bytes("body-router")})
+    async with aiohttp.ClientSession() as client:
+        served = {}
+        for model in ("model-a", "model-b"):
+            async with client.post(f"{gateway}/v1/chat", json=chat("hi", model)) as response:
+                echo = await response.json()
+                served[model] = (echo["served_by"], echo["headers"]["x-gateway-model-name"])
+    assert served == {"model-a": ("up", "model-a"), "model-b": ("up2", "model-b")}
