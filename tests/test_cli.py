@@ -129,8 +129,11 @@ def test_run_serves_through_its_workers_and_stops_on_sigterm(gateway):
     assert get(f"{admin}/healthz")[0] == 200
     status, metrics = get(f"{admin}/metrics")
     assert status == 200
-    line = next(line for line in metrics.decode().splitlines() if line.startswith("wasmgate_requests_total{"))
+    samples = metrics.decode().splitlines()
+    line = next(line for line in samples if line.startswith("wasmgate_requests_total{"))
     assert line.endswith(" 20.0")  # both workers' counts, added up
+    calls = 'wasmgate_processor_invocations_total{phase="response_headers",processor="tag"} 20.0'
+    assert calls in samples
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
@@ -140,3 +143,9 @@ def test_run_serves_through_its_workers_and_stops_on_sigterm(gateway):
     assert len(access) == 20
     assert access[0]["processors"]["tag"]["outcome"] == "continue"
     assert access[0]["status"] == 502
+
+
+def test_the_example_config_loads_every_module():
+    checked = wasmgate("check", "--config", str(Path(__file__).parent.parent / "examples" / "gateway.yaml"))
+    assert checked.returncode == 0, checked.stderr
+    assert "3 processors, 2 routes" in checked.stdout
