@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,8 +15,8 @@ from wasmgate.abi import Hook
 from wasmgate.failures import Cause, ProcessorFailure
 from wasmgate.sandbox import Sandbox
 
-from .conftest import drive, make_processor
-from .wat import CONTINUE, PAUSE, RESPOND, SPIN, guest
+from .conftest import ROOT, drive, make_processor
+from .wat import CONTINUE, PAUSE, REALLOC, RESPOND, SPIN, guest
 
 HOOK_PARTS = {
     Hook.REQUEST_HEADERS: "request_headers",
@@ -50,6 +52,36 @@ async def test_a_guest_spinning_in_a_phase_fails_with_timeout_naming_it(runtime,
     assert "50 ms deadline" in error["message"]
     assert elapsed < 2.0  # one deadline, not a stuck worker
     await assert_next_request_succeeds(runtime, pool, processor)
+
+
+SPIN_ON_LARGE_ALLOCATIONS = REALLOC.replace(
+    "(local $p i32)", "(local $p i32) local.get 3 i32.const 1000 i32.gt_u if (loop $forever (br $forever)) end"
+)
+
+
+def test_a_cabi_realloc_spinning_while_the_host_holds_the_gil_ends_at_the_deadline():
+    # The host keeps the GIL through cabi_realloc; only a ticker that needs no
+    # GIL can end this. In a child process, so a regression fails instead of hanging.
+    script = """
+import asyncio
+from tests.conftest import drive, make_processor
+from tests.test_sandbox import SPIN_ON_LARGE_ALLOCATIONS
+from tests.wat import guest
+from wasmgate.engine import Runtime
+from wasmgate.executor import GuestPool
+
+runtime, pool = Runtime(), GuestPool(1)
+processor = make_processor(runtime, guest(realloc=SPIN_ON_LARGE_ALLOCATIONS), timeouts={"request_body": "50ms"})
+driven = asyncio.run(drive(runtime, pool, [processor], body=b"x" * 4096))
+print(driven.status, driven.body.decode())
+"""
+    started = time.monotonic()
+    child = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    status, body = child.stdout.split(" ", 1)
+    error = json.loads(body)["error"]
+    assert (status, error["cause"], error["phase"]) == ("503", "timeout", "request_body")
+    assert time.monotonic() - started < 30
 
 
 def test_a_guest_spinning_in_init_fails_loading_with_timeout(runtime):

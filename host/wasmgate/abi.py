@@ -173,7 +173,7 @@ class GuestMemory:
 
     def write(self, ptr: int, data: bytes, what: str) -> None:
         self._check(ptr, len(data), what)
-        ctypes.memmove(self._base + ptr, data, len(data))
+        ffi.copy(self._base + ptr, data, len(data))
 
     def alloc(self, data: bytes, what: str, align: int = 1) -> int:
         """Copies ``data`` into memory the guest allocates: one call, one copy.
@@ -188,7 +188,7 @@ class GuestMemory:
         if self._store is None:
             ffi.call_in(self._context, self._realloc, slots)
         else:
-            self._store.call(self._realloc, slots)
+            self._store.call(self._realloc, slots, release_gil=False)
         ptr = slots[0].u32
         self._view()
         if ptr == 0 or ptr % align:

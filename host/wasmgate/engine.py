@@ -2,8 +2,8 @@
 
 Modules are compiled once and kept: compiled artifacts are cached on disk
 by the module's sha256 (and the wasmtime version), so a restart loads them
-instead of compiling. One ticker thread advances the engine's epoch, which
-is what lets a deadline interrupt a guest's CPU.
+instead of compiling. A native timer advances the engine's epoch (see
+``epoch``), which is what lets a deadline interrupt a guest's CPU.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import wasmtime
 
 from . import ffi, hostcalls
 from .abi import Hook
+from .epoch import EpochTicker
 
 log = logging.getLogger("wasmgate.engine")
 
@@ -71,21 +71,14 @@ class Runtime:
         self._linker = wasmtime.Linker(self.engine)
         hostcalls.define(self._linker)
         self._cache_dir = cache_dir
-        self._stop = threading.Event()
-        self._ticker = threading.Thread(target=self._advance_epoch, name="wasmgate-epoch", daemon=True)
-        self._ticker.start()
+        self._ticker = EpochTicker(self.engine, tick)
 
     def ticks(self, seconds: float) -> int:
         """Epoch ticks covering at least ``seconds``; the current tick is partly gone."""
         return math.ceil(seconds / self.tick) + 1
 
-    def _advance_epoch(self) -> None:
-        while not self._stop.wait(self.tick):
-            self.engine.increment_epoch()
-
     def close(self) -> None:
-        self._stop.set()
-        self._ticker.join()
+        self._ticker.close()
 
     def compile(self, name: str, wasm: bytes) -> CompiledModule:
         """Compiles (or loads from the cache), checks and links a module."""

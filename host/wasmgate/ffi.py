@@ -10,7 +10,13 @@ signatures, for the pinned wasmtime version (see ``pyproject.toml``).
 Everything else (compiling, linking, serializing, traps' messages) goes
 through the public ``wasmtime`` package, off the request path.
 
-A ``Store`` is used by one thread at a time; wasm calls release the GIL.
+A ``Store`` is used by one thread at a time. Calls that run a hook release
+the GIL; the short ABI calls around them (instantiation, ``cabi_realloc``,
+``cabi_post_*``, copies) keep it: handing the GIL to a busy event loop and
+waiting to get it back costs far more than those calls (measured: the
+gateway's throughput fell by a third when every call released it). A
+hostile ``cabi_realloc`` that spins is still cut at its deadline, by the
+native epoch ticker (``epoch``), which needs no GIL.
 """
 
 from __future__ import annotations
@@ -43,14 +49,7 @@ _dll = _ffi.dll
 
 
 def _bind(name: str, restype: object, *argtypes: object, releases_gil: bool = False) -> Callable[..., object]:
-    """Binds a C function. Only calls that run guest code release the GIL.
-
-    Releasing the GIL for a call that takes microseconds costs more than the
-    call: under load every release hands the GIL to another thread, and the
-    caller waits its turn to get it back (measured: a convoy that cut the
-    gateway's throughput tenfold). A guest's own code, which may run until its
-    deadline, must not hold the GIL, so the event loop goes on meanwhile.
-    """
+    """Binds a C function; it keeps the GIL unless ``releases_gil``."""
     prototype = (CFUNCTYPE if releases_gil else PYFUNCTYPE)(restype, *argtypes)
     return prototype((name, _dll))
 
@@ -84,13 +83,11 @@ _store_context = _bind("wasmtime_store_context", c_void_p, c_void_p)
 _store_delete = _bind("wasmtime_store_delete", None, c_void_p)
 _store_limiter = _bind("wasmtime_store_limiter", None, c_void_p, c_int64, c_int64, c_int64, c_int64, c_int64)
 _set_epoch_deadline = _bind("wasmtime_context_set_epoch_deadline", None, c_void_p, c_uint64)
-_instantiate_pre = _bind(
-    "wasmtime_instance_pre_instantiate", c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, releases_gil=True
-)
+_instantiate_pre = _bind("wasmtime_instance_pre_instantiate", c_void_p, c_void_p, c_void_p, c_void_p, c_void_p)
 _export_get = _bind("wasmtime_instance_export_get", c_bool, c_void_p, c_void_p, c_char_p, c_size_t, c_void_p)
-_call_unchecked = _bind(
-    "wasmtime_func_call_unchecked", c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p, releases_gil=True
-)
+_CALL_SIGNATURE = (c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p)
+_call_unchecked = _bind("wasmtime_func_call_unchecked", *_CALL_SIGNATURE)
+_call_unchecked_releasing = _bind("wasmtime_func_call_unchecked", *_CALL_SIGNATURE, releases_gil=True)
 _caller_context = _bind("wasmtime_caller_context", c_void_p, c_void_p)
 _memory_data = _bind("wasmtime_memory_data", c_void_p, c_void_p, c_void_p)
 _memory_data_size = _bind("wasmtime_memory_data_size", c_size_t, c_void_p, c_void_p)
@@ -108,6 +105,12 @@ _define_unchecked = _bind(
     c_void_p,
     c_void_p,
 )
+
+increment_epoch = _dll.wasmtime_engine_increment_epoch
+"""The C function the epoch ticker's timer calls on its own thread; not called from Python."""
+
+copy = PYFUNCTYPE(c_void_p, c_void_p, c_char_p, c_size_t)(ctypes.cast(ctypes.memmove, c_void_p).value)
+"""``memmove`` keeping the GIL (``ctypes.memmove`` releases it): copying a body costs less than a GIL handoff."""
 
 HostCallback = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(RawVal), c_size_t)
 
@@ -190,9 +193,13 @@ class Store:
             _raise_for(error, self._trap)
         return instance
 
-    def call(self, func_ref: object, slots: ctypes.Array[RawVal]) -> None:
-        """Calls a function (``byref`` of its ``Func``); results replace the arguments in ``slots``."""
-        error = _call_unchecked(self.context, func_ref, slots, len(slots), self._trap_ref)
+    def call(self, func_ref: object, slots: ctypes.Array[RawVal], release_gil: bool = True) -> None:
+        """Calls a function (``byref`` of its ``Func``); results replace the arguments in ``slots``.
+
+        Keep the GIL (``release_gil=False``) only for the short ABI calls.
+        """
+        call = _call_unchecked_releasing if release_gil else _call_unchecked
+        error = call(self.context, func_ref, slots, len(slots), self._trap_ref)
         if error or self._trap.value:
             _raise_for(error, self._trap)
 
@@ -212,7 +219,7 @@ class Store:
 
 
 def call_in(context: int, func_ref: object, slots: ctypes.Array[RawVal]) -> None:
-    """``Store.call`` from inside a host call, on the caller's context."""
+    """A short ABI call (``cabi_realloc``) from inside a host call, on the caller's context; keeps the GIL."""
     trap = c_void_p()
     error = _call_unchecked(context, func_ref, slots, len(slots), byref(trap))
     if error or trap.value:

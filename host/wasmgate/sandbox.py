@@ -181,7 +181,7 @@ class Sandbox:
     def _post_return(self, hook: Hook, result: int) -> None:
         if hook.post_return in self.processor.module.post_returns:
             self._slots[0].u32 = result  # ignored by on-done's, which takes nothing
-            self._store.call(self._func(hook.post_return), self._slots)
+            self._store.call(self._func(hook.post_return), self._slots, release_gil=False)
 
     def _func(self, name: bytes) -> object:
         func = self._funcs.get(name)
