@@ -13,7 +13,6 @@ import pytest
 
 from wasmgate.abi import Hook
 from wasmgate.failures import Cause, ProcessorFailure
-from wasmgate.sandbox import Sandbox
 
 from .conftest import ROOT, drive, make_processor
 from .wat import CONTINUE, PAUSE, REALLOC, RESPOND, SPIN, guest
@@ -31,11 +30,23 @@ def failure_of(driven) -> dict:
     return json.loads(driven.body)["error"]
 
 
-async def assert_next_request_succeeds(runtime, pool, processor) -> None:
-    """The broken request's sandbox is gone; a new request gets a fresh one."""
-    sandbox = Sandbox(runtime, processor)
-    sandbox.init(processor.config_json)
-    sandbox.close()
+def when_asked(misbehaviour: str) -> bytes:
+    """A guest that misbehaves in request_headers only when the request has ``x-misbehave``."""
+    return guest(
+        request_headers=f"""
+            i32.const 0 {{s:trigger}} i32.const 512 call $get-header
+            i32.const 512 i32.load8_u
+            if {misbehaviour} end
+            i32.const 0""",
+        strings={"trigger": "x-misbehave"},
+    )
+
+
+async def assert_fails_then_serves(runtime, pool, processor, cause: str) -> None:
+    """One request fails with ``cause``; the next one on the same processor goes through."""
+    error = failure_of(await drive(runtime, pool, [processor], headers={"x-misbehave": "1"}))
+    assert error["cause"] == cause
+    assert (await drive(runtime, pool, [processor])).reached_upstream
 
 
 # -- deadlines ---------------------------------------------------------------------
@@ -51,7 +62,6 @@ async def test_a_guest_spinning_in_a_phase_fails_with_timeout_naming_it(runtime,
     assert (error["cause"], error["phase"], error["processor"]) == ("timeout", hook.phase, processor.name)
     assert "50 ms deadline" in error["message"]
     assert elapsed < 2.0  # one deadline, not a stuck worker
-    await assert_next_request_succeeds(runtime, pool, processor)
 
 
 SPIN_ON_LARGE_ALLOCATIONS = REALLOC.replace(
@@ -82,6 +92,11 @@ print(driven.status, driven.body.decode())
     error = json.loads(body)["error"]
     assert (status, error["cause"], error["phase"]) == ("503", "timeout", "request_body")
     assert time.monotonic() - started < 30
+
+
+async def test_after_a_timeout_the_next_request_on_the_same_processor_succeeds(runtime, pool):
+    processor = make_processor(runtime, when_asked(SPIN), timeouts={"request_headers": "50ms"})
+    await assert_fails_then_serves(runtime, pool, processor, "timeout")
 
 
 def test_a_guest_spinning_in_init_fails_loading_with_timeout(runtime):
@@ -123,7 +138,11 @@ async def test_a_memory_bomb_fails_with_memory_limit(runtime, pool, hook):
     error = failure_of(await drive(runtime, pool, [processor], body=b"body"))
     assert (error["cause"], error["phase"]) == ("memory_limit", hook.phase)
     assert "over its 1.0 MiB quota" in error["message"]
-    await assert_next_request_succeeds(runtime, pool, processor)
+
+
+async def test_after_a_memory_limit_failure_the_next_request_on_the_same_processor_succeeds(runtime, pool):
+    processor = make_processor(runtime, when_asked(GROW_UNTIL_REFUSED), memory_limit="1MiB")
+    await assert_fails_then_serves(runtime, pool, processor, "memory_limit")
 
 
 async def test_a_guest_that_grows_past_its_quota_without_trapping_fails_with_memory_limit(runtime, pool):
@@ -177,7 +196,6 @@ async def test_a_trap_fails_with_trap_and_wasmtimes_reason(runtime, pool):
     error = failure_of(await drive(runtime, pool, [processor]))
     assert error["cause"] == "trap"
     assert "divide by zero" in error["message"]
-    await assert_next_request_succeeds(runtime, pool, processor)
 
 
 @pytest.mark.parametrize(
@@ -213,7 +231,6 @@ async def test_abi_misuse_fails_with_abi_violation(runtime, pool, hook_body, rea
     error = failure_of(await drive(runtime, pool, [processor]))
     assert error["cause"] == "abi_violation"
     assert reason in error["message"]
-    await assert_next_request_succeeds(runtime, pool, processor)
 
 
 async def test_init_returning_an_out_of_bounds_result_is_an_abi_violation(runtime, pool):
