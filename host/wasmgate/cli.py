@@ -19,9 +19,10 @@ def _load(path: str) -> Config:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .server import configure_logging, run
+    from . import logs
+    from .server import run
 
-    configure_logging()
+    logs.configure()
     config = _load(args.config)
     try:
         run(config, args.workers or os.cpu_count() or 1)

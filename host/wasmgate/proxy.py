@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
@@ -31,6 +31,11 @@ access_log = logging.getLogger("wasmgate.access")
 SMALL_BODY = 64 * 1024
 """Bodies known to be at most this are read whole: the chain then needs one
 thread hop per direction instead of one per chunk."""
+
+
+def new_request_id() -> str:
+    """128 random bits in hex, like a UUID4's, without the system call per request that ``uuid4`` makes."""
+    return f"{random.getrandbits(128):032x}"
 
 
 class Gateway:
@@ -60,7 +65,7 @@ class Gateway:
         if route is None:
             REQUESTS.labels("", "404").inc()
             return _error(404, "no_route", f"no route matches {request.method} {request.path}")
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request.headers.get("x-request-id") or new_request_id()
         client = request.remote or ""
         facts = RequestFacts(
             request.method, request.path, request.query_string, request_id, route.name, route.tenant, client

@@ -24,6 +24,7 @@ from multiprocessing.synchronize import Event
 
 from aiohttp import web
 
+from . import logs
 from .config import Config, split_address
 from .engine import Runtime
 from .executor import GuestPool
@@ -32,11 +33,6 @@ from .proxy import Gateway, app
 from .routing import build_routes
 
 log = logging.getLogger("wasmgate.server")
-
-
-def configure_logging(process: str = "") -> None:
-    where = f" [{process}]" if process else ""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
 
 
 def check(config: Config) -> None:
@@ -112,7 +108,7 @@ def run(config: Config, workers: int) -> None:
 
 
 def _worker(config: Config, ready: Event) -> None:
-    configure_logging(f"worker {os.getpid()}")
+    logs.configure(f"worker {os.getpid()}")
     _run_loop(lambda stop: serve(config, ready.set, stop, admin=False))
 
 
