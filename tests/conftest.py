@@ -14,6 +14,7 @@ from wasmgate.engine import Runtime
 from wasmgate.exchange import Exchange, LocalResponse, RequestFacts
 from wasmgate.executor import GuestPool
 from wasmgate.processors import Processor, build_processor
+from wasmgate.subrequests import CallClient
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ROOT / "host" / "wasmgate" / "modules"
@@ -74,7 +75,8 @@ async def drive(
     """Drives one request through a chain the way the proxy does, with whole bodies."""
     facts = RequestFacts("POST", "/v1/chat/completions", "", "req-1", "test", "", "127.0.0.1")
     exchange = Exchange(facts, CIMultiDict(headers or {}), "http://upstream.test")
-    run = ChainRun(Chain(processors), exchange, runtime, pool)
+    client = CallClient()
+    run = ChainRun(Chain(processors), exchange, runtime, pool, client)
     try:
         forwarded = await run.process_request(body)
         upstream_headers = exchange.request_headers.copy()
@@ -95,3 +97,4 @@ async def drive(
         )
     finally:
         await run.finish()
+        await client.close()

@@ -50,6 +50,7 @@ def guest_wat(
     request_body: str = CONTINUE,
     response_headers: str = CONTINUE,
     response_body: str = CONTINUE,
+    resume: str = CONTINUE,
     done: str = "",
     realloc: str = REALLOC,
     memory_pages: int = 1,
@@ -93,6 +94,7 @@ def guest_wat(
   (func (export "{HANDLER}on-request-body") (param i32 i32 i32) (result i32) {request_body})
   (func (export "{HANDLER}on-response-headers") (param i32) (result i32) {response_headers})
   (func (export "{HANDLER}on-response-body") (param i32 i32 i32) (result i32) {response_body})
+  (func (export "{HANDLER}on-resume") (result i32) {resume})
   (func (export "{HANDLER}on-done") {done})
 {extra}
 )"""

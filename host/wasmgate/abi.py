@@ -24,6 +24,8 @@ from .failures import AbiViolation, Cause, ProcessorFailure
 HOST_MODULE = "wasmgate:processor/host@0.1.0"
 HANDLER = "wasmgate:processor/handler@0.1.0"
 WASM_PAGE = 65536
+RESUME_EXPORT = f"{HANDLER}#on-resume".encode()
+"""``on-resume``: not a phase of its own but the continuation of a paused hook."""
 
 
 class Hook(enum.Enum):
@@ -199,10 +201,14 @@ class GuestMemory:
         self.write(ptr, data, f"cabi_realloc's result for {what}")
         return ptr
 
-    def write_u32s(self, ptr: int, values: tuple[int, ...], what: str) -> None:
+    def write_aligned(self, ptr: int, data: bytes, what: str) -> None:
+        """Writes a result into the guest's return area, which the canonical ABI aligns to 4 here."""
         if ptr % 4:
             raise AbiViolation(f"{what}: return area 0x{ptr:x} is not 4-byte aligned")
-        self.write(ptr, struct.pack(f"<{len(values)}I", *values), what)
+        self.write(ptr, data, what)
+
+    def write_u32s(self, ptr: int, values: tuple[int, ...], what: str) -> None:
+        self.write_aligned(ptr, struct.pack(f"<{len(values)}I", *values), what)
 
     def lower_string(self, value: str, what: str) -> tuple[int, int]:
         data = value.encode()

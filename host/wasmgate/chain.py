@@ -18,6 +18,11 @@ is read the upstream request is held, so request headers and the upstream
 can still change. Otherwise body hooks see each chunk as it passes.
 
 Guest code runs on the guest pool, one hop per phase for the whole chain.
+A phase is a generator: when a hook returns ``pause`` it yields that
+processor's sandbox, the driver (``_drive``) performs its calls on the event
+loop (no thread waits), and the phase goes on with ``on-resume`` on a guest
+thread. A failure while waiting (the phase's deadline) is thrown into the
+phase at the paused hook, where the processor's failure mode applies.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, TypeVar
@@ -40,10 +45,13 @@ from .executor import GuestPool
 from .failures import AbiViolation, Cause, ProcessorFailure
 from .processors import Processor
 from .sandbox import Sandbox
+from .subrequests import CallClient, CallLedger
 
 log = logging.getLogger("wasmgate.chain")
 
 T = TypeVar("T")
+Steps = Generator["Sandbox", None, T]
+"""A phase run on guest threads: it yields a sandbox whose calls must finish before it goes on."""
 BodySource = AsyncIterator[tuple[bytes, bool]]
 """A body as it arrives: chunks, each with whether it is the last."""
 
@@ -78,11 +86,12 @@ class Outcome:
 class ChainRun:
     """Drives one request through a chain; the proxy is a thin adapter over it."""
 
-    def __init__(self, chain: Chain, exchange: Exchange, runtime: Runtime, pool: GuestPool) -> None:
+    def __init__(self, chain: Chain, exchange: Exchange, runtime: Runtime, pool: GuestPool, client: CallClient) -> None:
         self.chain = chain
         self.exchange = exchange
         self.runtime = runtime
         self.pool = pool
+        self.client = client
         self.outcomes = {p.name: Outcome() for p in chain.processors}
         self.interrupt: LocalResponse | None = None
         """Set when a streamed request body was stopped by a local response."""
@@ -107,10 +116,10 @@ class ChainRun:
             if body is None:
                 return _too_large("request_too_large", 413, self.chain.buffers_request)
         if isinstance(body, bytes):
-            out, local = await self._job(self._whole_request, body)
+            out, local = await self._drive(self._whole_request(body))
             self.exchange.request_sent = local is None
             return local or out
-        local = await self._job(self._headers, Hook.REQUEST_HEADERS, self._request_order(), False)
+        local = await self._drive(self._headers(Hook.REQUEST_HEADERS, self._request_order(), False))
         if local is not None:
             return local
         self.exchange.request_sent = True
@@ -130,8 +139,8 @@ class ChainRun:
                     _too_large("upstream_response_too_large", 502, self.chain.buffers_response)
                 )
         if isinstance(body, bytes):
-            return await self._job(self._whole_response, body, True)
-        local = await self._job(self._headers, Hook.RESPONSE_HEADERS, self._response_order(), False)
+            return await self._drive(self._whole_response(body, True))
+        local = await self._drive(self._headers(Hook.RESPONSE_HEADERS, self._response_order(), False))
         if local is not None:
             return await self.respond_locally(local)
         self.exchange.response_sent = True
@@ -142,7 +151,7 @@ class ChainRun:
     async def respond_locally(self, response: LocalResponse) -> bytes:
         """Runs the response path on a response the gateway made itself."""
         self._replace(response)
-        return await self._job(self._whole_response, response.body, True)
+        return await self._drive(self._whole_response(response.body, True))
 
     async def finish(self) -> None:
         """Runs the done hooks if the response path has not, then frees every sandbox."""
@@ -151,31 +160,31 @@ class ChainRun:
                 await self._in_flight
         if not self._done and any(p.wants(Hook.DONE) for p in self.chain.processors):
             with contextlib.suppress(BaseException):
-                await self._job(self._run_done)
+                await self._drive(self._run_done())
         self._close()
 
     # -- whole bodies (one hop) ----------------------------------------------
 
-    def _whole_request(self, body: bytes) -> tuple[bytes, LocalResponse | None]:
+    def _whole_request(self, body: bytes) -> Steps[tuple[bytes, LocalResponse | None]]:
         order = self._request_order()
-        local = self._headers(Hook.REQUEST_HEADERS, order, not body)
+        local = yield from self._headers(Hook.REQUEST_HEADERS, order, not body)
         if local is not None or not body:
             return body, local
-        return self._body(Hook.REQUEST_BODY, order, body, True)
+        return (yield from self._body(Hook.REQUEST_BODY, order, body, True))
 
-    def _whole_response(self, body: bytes, finish: bool) -> bytes:
+    def _whole_response(self, body: bytes, finish: bool) -> Steps[bytes]:
         """Response phases over a whole body; a local response restarts them below its maker."""
         while True:
             order = self._response_order()
-            local = self._headers(Hook.RESPONSE_HEADERS, order, not body)
+            local = yield from self._headers(Hook.RESPONSE_HEADERS, order, not body)
             if local is None and body:
-                body, local = self._body(Hook.RESPONSE_BODY, order, body, True)
+                body, local = yield from self._body(Hook.RESPONSE_BODY, order, body, True)
             if local is None:
                 break
             self._replace(local)
             body = local.body
         if finish:
-            self._run_done()
+            yield from self._run_done()
         return body
 
     # -- streamed bodies (one hop per chunk) ---------------------------------
@@ -183,7 +192,7 @@ class ChainRun:
     async def _stream_request(self, source: BodySource) -> AsyncIterator[bytes]:
         order = self._request_order()
         async for chunk, end in source:
-            out, local = await self._job(self._body, Hook.REQUEST_BODY, order, chunk, end)
+            out, local = await self._drive(self._body(Hook.REQUEST_BODY, order, chunk, end))
             if local is not None:
                 # Breaking the upstream request off: a truncated body must not look complete.
                 self.interrupt = local
@@ -194,7 +203,7 @@ class ChainRun:
     async def _stream_response(self, source: BodySource) -> AsyncIterator[bytes]:
         order = self._response_order()
         async for chunk, end in source:
-            out, local = await self._job(self._body, Hook.RESPONSE_BODY, order, chunk, end)
+            out, local = await self._drive(self._body(Hook.RESPONSE_BODY, order, chunk, end))
             if local is not None:
                 raise StreamAborted("a response body hook failed after the response started")
             if out:
@@ -208,15 +217,17 @@ class ChainRun:
     def _response_order(self) -> Iterable[int]:
         return range(self._span - 1, -1, -1)
 
-    def _headers(self, hook: Hook, order: Iterable[int], end_of_stream: bool) -> LocalResponse | None:
+    def _headers(self, hook: Hook, order: Iterable[int], end_of_stream: bool) -> Steps[LocalResponse | None]:
         for i in order:
             if self._wants(i, hook):
-                _, local = self._call(i, hook, None, end_of_stream)
+                _, local = yield from self._call(i, hook, None, end_of_stream)
                 if local is not None:
                     return self._answered(i, hook, local)
         return None
 
-    def _body(self, hook: Hook, order: Iterable[int], chunk: bytes, end: bool) -> tuple[bytes, LocalResponse | None]:
+    def _body(
+        self, hook: Hook, order: Iterable[int], chunk: bytes, end: bool
+    ) -> Steps[tuple[bytes, LocalResponse | None]]:
         for i in order:
             if not self._wants(i, hook):
                 continue
@@ -227,7 +238,7 @@ class ChainRun:
                 else:
                     local = _too_large("upstream_response_too_large", 502, processor.max_body_bytes)
                 return b"", self._answered(i, hook, local)
-            chunk, local = self._call(i, hook, chunk, end)
+            chunk, local = yield from self._call(i, hook, chunk, end)
             if local is not None:
                 return b"", self._answered(i, hook, local)
         return chunk, None
@@ -239,11 +250,11 @@ class ChainRun:
             self._reached = i + 1
         return local
 
-    def _run_done(self) -> None:
+    def _run_done(self) -> Steps[None]:
         self._done = True
         for i in range(self._reached - 1, -1, -1):
             if self._wants(i, Hook.DONE):
-                self._call(i, Hook.DONE, None, True)
+                yield from self._call(i, Hook.DONE, None, True)
         self._close()
 
     def _wants(self, i: int, hook: Hook) -> bool:
@@ -251,8 +262,10 @@ class ChainRun:
 
     # -- one hook, under the processor's failure mode ------------------------
 
-    def _call(self, i: int, hook: Hook, body: bytes | None, end: bool) -> tuple[bytes | None, LocalResponse | None]:
-        """Runs hook ``hook`` of processor ``i``: the body to pass on, or a local response."""
+    def _call(
+        self, i: int, hook: Hook, body: bytes | None, end: bool
+    ) -> Steps[tuple[bytes | None, LocalResponse | None]]:
+        """Runs hook ``hook`` of processor ``i``, pauses included: the body to pass on, or a local response."""
         processor = self.chain.processors[i]
         metrics = processor.metrics.hooks[hook]
         metrics.calls.inc()
@@ -265,6 +278,11 @@ class ChainRun:
                     Cause.MEMORY_LIMIT, f"a {len(body)}-byte body is over its {processor.memory_limit}-byte quota"
                 )
             action = sandbox.run(hook, self.exchange, body, end)
+            while action == Action.PAUSE:
+                if not sandbox.calls.started:
+                    raise AbiViolation("the hook returned pause with nothing to wait for")
+                yield sandbox  # its calls run on the event loop; a failure meanwhile is thrown in here
+                action = sandbox.resume(hook)
             local = None if hook is Hook.DONE else _judge(sandbox, action)
         except ProcessorFailure as failure:
             return self._failed(i, hook, failure.locate(processor.name, hook.phase), saved, body)
@@ -289,6 +307,10 @@ class ChainRun:
             try:
                 sandbox = Sandbox(self.runtime, processor)
                 sandbox.init(processor.config_json)
+                request_id = self.exchange.facts.request_id
+                sandbox.calls = CallLedger(
+                    processor.subrequests, processor.metrics.subrequests, processor.name, request_id
+                )
             except ProcessorFailure as failure:
                 raise failure.locate(processor.name, Hook.INIT.phase) from None
             self._sandboxes[i] = sandbox
@@ -335,11 +357,31 @@ class ChainRun:
     def _replace(self, response: LocalResponse) -> None:
         self.exchange.set_response(response.status, CIMultiDict(response.headers))
 
-    async def _job(self, fn: Callable[..., T], *args: Any) -> T:
-        # Shielded: if the request is cancelled, the guest thread still finishes
-        # with this run's sandboxes before finish() may free them.
-        self._in_flight = self.pool.run(fn, *args)
-        return await asyncio.shield(self._in_flight)
+    async def _drive(self, steps: Steps[T]) -> T:
+        """Runs a phase on guest threads; while a processor waits on its calls, they run here."""
+        failure: ProcessorFailure | None = None
+        while True:
+            # Shielded: if the request is cancelled, the guest thread still finishes
+            # with this run's sandboxes before finish() may free them.
+            self._in_flight = self.pool.run(_advance, steps, failure)
+            finished, value = await asyncio.shield(self._in_flight)
+            if finished:
+                return value
+            failure = await self._perform_calls(value)
+
+    async def _perform_calls(self, sandbox: Sandbox) -> ProcessorFailure | None:
+        """Runs the calls a paused processor waits on; the failure to throw into its phase, if any."""
+        started = len(sandbox.calls.started)
+        if not await self.client.perform(sandbox.calls, self.exchange.depth + 1, sandbox.phase_deadline):
+            return ProcessorFailure(
+                Cause.TIMEOUT,
+                f"the phase's deadline passed with {started} sub-request(s) started; unfinished ones were cancelled",
+            )
+        try:
+            sandbox.check_held_bytes()
+        except ProcessorFailure as failure:
+            return failure
+        return None
 
     def _close(self) -> None:
         for i, sandbox in enumerate(self._sandboxes):
@@ -359,9 +401,15 @@ def _judge(sandbox: Sandbox, action: int) -> LocalResponse | None:
         if sandbox.local_response is None:
             raise AbiViolation("the hook returned respond without calling send-response")
         return sandbox.local_response
-    if action == Action.PAUSE:
-        raise AbiViolation("the hook returned pause with nothing to wait for")
     raise AbiViolation(f"the hook returned {action}, which is not an action")
+
+
+def _advance(steps: Steps[T], failure: ProcessorFailure | None) -> tuple[bool, Any]:
+    """Runs a phase on to its next pause (False, the paused sandbox) or its end (True, its value)."""
+    try:
+        return False, steps.throw(failure) if failure is not None else next(steps)
+    except StopIteration as end:
+        return True, end.value
 
 
 def _too_large(kind: str, status: int, limit: int) -> LocalResponse:

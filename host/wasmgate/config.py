@@ -130,6 +130,33 @@ class Fallback(_Model):
     body: str = ""
 
 
+def _origin(value: Any) -> str:
+    """``scheme://host[:port]``, normalized: lower case, default port dropped."""
+    url = yarl.URL(str(value))
+    if url.scheme not in ("http", "https") or not url.host or url.raw_path not in ("", "/") or url.query_string:
+        raise ValueError(f"{value!r} is not an origin; write scheme://host[:port], for example http://127.0.0.1:9000")
+    return str(url.origin())
+
+
+Origin = Annotated[str, BeforeValidator(_origin)]
+
+
+class SubrequestConfig(_Model):
+    """What a processor's sub-requests (``host.call``) may do."""
+
+    allow: list[Origin] = []
+    """The only origins the processor may call; any other call fails with ``denied``, unsent."""
+    max_concurrent: int = Field(4, ge=1, le=256)
+    """Calls of one request not yet finished, at most."""
+    timeout: Duration = 1.0
+    """Per attempt, unless the call sets its own; the phase's deadline bounds it too."""
+    max_response_bytes: Size = 1 * 2**20
+    retries: int = Field(0, ge=0, le=10)
+    """Further attempts after a connect error, a timeout, or a 502, 503 or 504."""
+    backoff: Duration = 0.1
+    """Before the first retry; doubled before each next one."""
+
+
 class ProcessorConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     module: str = Field(min_length=1)
@@ -140,6 +167,7 @@ class ProcessorConfig(_Model):
     fallback: Fallback | None = None
     timeouts: Timeouts = Timeouts()
     memory_limit: Size = 16 * 2**20
+    subrequests: SubrequestConfig = SubrequestConfig()
 
     @model_validator(mode="after")
     def _fallback_given(self) -> ProcessorConfig:
@@ -203,6 +231,9 @@ class Config(_Model):
     routes: list[RouteConfig] = []
     upstream: UpstreamConfig = UpstreamConfig()
     sandbox: SandboxConfig = SandboxConfig()
+    max_subrequest_depth: int = Field(3, ge=0, le=32)
+    """Requests carrying a ``Wasmgate-Depth`` over this are refused: processors calling
+    back into a gateway cannot loop."""
 
     def processor(self, name: str) -> ProcessorConfig:
         return next(p for p in self.processors if p.name == name)

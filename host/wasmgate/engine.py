@@ -20,7 +20,7 @@ from pathlib import Path
 import wasmtime
 
 from . import ffi, hostcalls
-from .abi import Hook
+from .abi import RESUME_EXPORT, Hook
 from .epoch import EpochTicker
 
 log = logging.getLogger("wasmgate.engine")
@@ -134,6 +134,7 @@ def _check_exports(name: str, exports: dict[str, object]) -> None:
     # must have exactly the type the host calls it with.
     required = {hook.export.decode(): sig for hook, sig in _HOOK_SIGNATURES.items()}
     required["cabi_realloc"] = _REALLOC_SIGNATURE
+    required[RESUME_EXPORT.decode()] = ((), (_I32,))
     optional = {hook.post_return.decode(): (sig[1], ()) for hook, sig in _HOOK_SIGNATURES.items()}
     optional["_initialize"] = ((), ())
     for export, expected in (*required.items(), *optional.items()):

@@ -11,7 +11,7 @@ from multidict import CIMultiDict
 from .failures import AbiViolation
 
 # RFC 9110 5.6.2: a field name is a token.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
 
 HOP_BY_HOP = frozenset(
@@ -37,7 +37,7 @@ MANAGED = HOP_BY_HOP | FRAMING
 
 def check_header(name: str, value: str) -> None:
     """Refuses a header a processor may not set: bad syntax, or one the gateway manages."""
-    if not _TOKEN.fullmatch(name):
+    if not TOKEN.fullmatch(name):
         raise AbiViolation(f"{name!r} is not a valid header name")
     if _BAD_VALUE.search(value):
         raise AbiViolation(f"the value of header {name!r} contains CR, LF or NUL")
@@ -80,6 +80,7 @@ class Exchange:
 
     ``request_sent`` and ``response_sent`` record what has left the gateway:
     from then on those headers (and the upstream) can no longer change.
+    ``depth`` counts the gateways' sub-requests that led to this request.
     """
 
     __slots__ = (
@@ -90,9 +91,10 @@ class Exchange:
         "response_headers",
         "request_sent",
         "response_sent",
+        "depth",
     )
 
-    def __init__(self, facts: RequestFacts, request_headers: CIMultiDict[str], upstream: str) -> None:
+    def __init__(self, facts: RequestFacts, request_headers: CIMultiDict[str], upstream: str, depth: int = 0) -> None:
         self.facts = facts
         self.request_headers = request_headers
         self.upstream = upstream
@@ -100,6 +102,7 @@ class Exchange:
         self.response_headers: CIMultiDict[str] | None = None
         self.request_sent = False
         self.response_sent = False
+        self.depth = depth
 
     def set_response(self, status: int, headers: CIMultiDict[str]) -> None:
         self.response_status = status

@@ -26,6 +26,7 @@ from .exchange import LocalResponse, check_header, header_bytes
 from .failures import AbiViolation, Cause, ProcessorFailure
 from .metrics import GUEST_LOG_DROPPED
 from .sandbox import Sandbox, active
+from .subrequests import CallResponse
 
 guest_log = logging.getLogger("wasmgate.guest")
 
@@ -238,14 +239,17 @@ def send_response(sandbox: Sandbox, memory: GuestMemory, status: int, hp: int, h
     if sandbox.hook is Hook.DONE or (sandbox.hook in _RESPONSE_HOOKS and exchange.response_sent):
         raise AbiViolation(f"send-response called in {sandbox.hook.phase}, after the response started")
     _check_status(status, "send-response")
-    flat = struct.unpack(f"<{hn * 4}I", memory.read(hp, hn * 16, "send-response's headers"))
-    headers = []
-    for i in range(0, len(flat), 4):
-        name, value = _header_args(memory, "send-response", flat[i : i + 2], flat[i + 2 : i + 4])
-        headers.append((name, value))
-    if sum(len(n) + len(v) for n, v in headers) > MAX_HEADER_BYTES:
-        raise ProcessorFailure(Cause.MEMORY_LIMIT, f"send-response: headers pass {MAX_HEADER_BYTES} bytes")
+    headers = _header_list(memory, hp, hn, "send-response")
     sandbox.local_response = LocalResponse(status, headers, memory.read(bp, bl, "send-response's body"))
+
+
+def _header_list(memory: GuestMemory, ptr: int, count: int, call: str) -> list[tuple[str, str]]:
+    """A lowered ``list<tuple<string, string>>`` of headers, each checked, bounded in all."""
+    flat = struct.unpack(f"<{count * 4}I", memory.read(ptr, count * 16, f"{call}'s headers"))
+    headers = [_header_args(memory, call, flat[i : i + 2], flat[i + 2 : i + 4]) for i in range(0, len(flat), 4)]
+    if sum(len(n) + len(v) for n, v in headers) > MAX_HEADER_BYTES:
+        raise ProcessorFailure(Cause.MEMORY_LIMIT, f"{call}: headers pass {MAX_HEADER_BYTES} bytes")
+    return headers
 
 
 @host_call("set-upstream", "iii")
@@ -270,6 +274,51 @@ def _upstream_problem(url: str) -> str | None:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         return f"{url!r} is not an absolute http or https URL"
     return None
+
+
+@host_call("call", "iiiiiiiiii")
+def call(
+    sandbox: Sandbox,
+    memory: GuestMemory,
+    mp: int,
+    ml: int,
+    up: int,
+    ul: int,
+    hp: int,
+    hn: int,
+    bp: int,
+    bl: int,
+    timeout_ms: int,
+    retptr: int,
+) -> None:
+    _exchange(sandbox, "call")
+    if sandbox.hook is Hook.DONE:
+        raise AbiViolation("call in done: nothing is left to wait for it")
+    method = memory.string(mp, ml, "call's method")
+    url = memory.string(up, ul, "call's url")
+    headers = _header_list(memory, hp, hn, "call")
+    started = sandbox.calls.start(method, url, headers, memory.read(bp, bl, "call's body"), timeout_ms)
+    sandbox.check_held_bytes()
+    if isinstance(started, int):
+        memory.write_u32s(retptr, (0, started), "call's result")
+    else:
+        memory.write_u32s(retptr, (1, *memory.lower_string(started, "call")), "call's result")
+
+
+@host_call("call-result", "ii")
+def call_result(sandbox: Sandbox, memory: GuestMemory, handle: int, retptr: int) -> None:
+    _exchange(sandbox, "call-result")
+    call = sandbox.calls.finished(handle)
+    if call is None:
+        raise AbiViolation(f"call-result: no finished call has handle {handle}")
+    if isinstance(call.result, CallResponse):
+        headers = encode_headers(call.result.headers)
+        hp, bp = memory.alloc(headers, "call-result's headers"), memory.alloc(call.result.body, "call-result's body")
+        # result<call-response, call-error>: tag, then status (u16) and two lists at offsets 4, 8, 16
+        area = struct.pack("<BxxxHxxIIII", 0, call.result.status, hp, len(headers), bp, len(call.result.body))
+    else:
+        area = struct.pack("<BxxxBxxx", 1, call.result)
+    memory.write_aligned(retptr, area, "call-result's result")
 
 
 @host_call("log", "iii")

@@ -10,10 +10,12 @@ import math
 import re
 import threading
 
+import yarl
 from prometheus_client import Counter, Gauge, Histogram
 
 from .abi import Hook, MetricKind
 from .failures import AbiViolation, Cause
+from .subrequests import CallError, CallResponse
 
 _FAST = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -49,11 +51,56 @@ GUEST_SERIES_DROPPED = Counter(
 )
 
 
+SUBREQUESTS = Counter(
+    "wasmgate_subrequests",
+    "Sub-requests by processor, target origin and outcome: a status class (2xx...) or an error.",
+    ["processor", "origin", "outcome"],
+)
+SUBREQUEST_SECONDS = Histogram(
+    "wasmgate_subrequest_duration_seconds",
+    "Time from a sub-request's start to its result, retries included.",
+    ["processor", "origin"],
+)
+SUBREQUEST_RETRIES = Counter(
+    "wasmgate_subrequest_retries", "Sub-request attempts after the first.", ["processor", "origin"]
+)
+SUBREQUEST_BYTES = Counter(
+    "wasmgate_subrequest_received_bytes", "Response body bytes sub-requests received.", ["processor", "origin"]
+)
+
+DENIED_ORIGIN = "(denied)"
+"""The origin label of a denied call: the origin a guest asked for is its own, unbounded, choice."""
+
+
+class SubrequestMetrics:
+    """The sub-request metrics of one processor; origins are those its ``allow`` lists."""
+
+    def __init__(self, processor: str) -> None:
+        self._processor = processor
+
+    def finished(self, url: yarl.URL, result: CallResponse | CallError, seconds: float) -> None:
+        if result is CallError.DENIED:
+            SUBREQUESTS.labels(self._processor, DENIED_ORIGIN, "denied").inc()
+            return
+        origin = str(url.origin())
+        if isinstance(result, CallResponse):
+            outcome = f"{result.status // 100}xx"
+            SUBREQUEST_BYTES.labels(self._processor, origin).inc(len(result.body))
+        else:
+            outcome = result.name.lower()
+        SUBREQUESTS.labels(self._processor, origin, outcome).inc()
+        SUBREQUEST_SECONDS.labels(self._processor, origin).observe(seconds)
+
+    def retried(self, url: yarl.URL) -> None:
+        SUBREQUEST_RETRIES.labels(self._processor, str(url.origin())).inc()
+
+
 class ProcessorMetrics:
     """Everything the host measures about one processor."""
 
     def __init__(self, processor: str) -> None:
         self.hooks = {hook: HookMetrics(processor, hook) for hook in Hook}
+        self.subrequests = SubrequestMetrics(processor)
         self._memory = MEMORY_HIGH_WATER.labels(processor)
         self._peak = 0
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .abi import PHASE_OF_HOOK, Hook, Phases
-from .config import BodyMode, Config, ConfigError, FailureMode, ProcessorConfig
+from .config import BodyMode, Config, ConfigError, FailureMode, ProcessorConfig, SubrequestConfig
 from .engine import CompiledModule, ModuleError, Runtime
 from .exchange import LocalResponse
 from .failures import ProcessorFailure
@@ -34,6 +34,7 @@ class Processor:
     timeouts: dict[Hook, float]
     deadline_ticks: dict[Hook, int]
     memory_limit: int
+    subrequests: SubrequestConfig
     guest_metrics: GuestMetrics
     metrics: ProcessorMetrics
 
@@ -68,6 +69,7 @@ def build_processor(runtime: Runtime, spec: ProcessorConfig, module: CompiledMod
         timeouts=timeouts,
         deadline_ticks={hook: runtime.ticks(seconds) for hook, seconds in timeouts.items()},
         memory_limit=spec.memory_limit,
+        subrequests=spec.subrequests,
         guest_metrics=GuestMetrics(spec.name),
         metrics=ProcessorMetrics(spec.name),
     )

@@ -25,6 +25,7 @@ from .exchange import MANAGED, Exchange, LocalResponse, RequestFacts
 from .executor import GuestPool
 from .metrics import REQUEST_SECONDS, REQUESTS, UPSTREAM_SECONDS
 from .routing import Route, match, upstream_url
+from .subrequests import DEPTH_HEADER, CallClient
 
 access_log = logging.getLogger("wasmgate.access")
 
@@ -39,11 +40,15 @@ def new_request_id() -> str:
 
 
 class Gateway:
-    def __init__(self, routes: Sequence[Route], runtime: Runtime, pool: GuestPool, upstream: UpstreamConfig) -> None:
+    def __init__(
+        self, routes: Sequence[Route], runtime: Runtime, pool: GuestPool, upstream: UpstreamConfig, max_depth: int
+    ) -> None:
         self.routes = routes
         self.runtime = runtime
         self.pool = pool
+        self.calls = CallClient()
         self._upstream = upstream
+        self._max_depth = max_depth
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -56,6 +61,7 @@ class Gateway:
         )
 
     async def close(self) -> None:
+        await self.calls.close()
         if self._session is not None:
             await self._session.close()
 
@@ -65,13 +71,17 @@ class Gateway:
         if route is None:
             REQUESTS.labels("", "404").inc()
             return _error(404, "no_route", f"no route matches {request.method} {request.path}")
+        depth = _depth(request.headers)
+        if depth is None or depth > self._max_depth:
+            REQUESTS.labels(route.name, "508").inc()
+            return _error(508, "loop_detected", f"{DEPTH_HEADER} must be a number of at most {self._max_depth}")
         request_id = request.headers.get("x-request-id") or new_request_id()
         client = request.remote or ""
         facts = RequestFacts(
             request.method, request.path, request.query_string, request_id, route.name, route.tenant, client
         )
-        exchange = Exchange(facts, _forwardable(request, request_id, client), route.upstream)
-        run = ChainRun(route.chain, exchange, self.runtime, self.pool)
+        exchange = Exchange(facts, _forwardable(request, request_id, client), route.upstream, depth)
+        run = ChainRun(route.chain, exchange, self.runtime, self.pool, self.calls)
         response: web.StreamResponse | None = None
         try:
             response = await self._proxy(request, route, run)
@@ -119,6 +129,12 @@ class Gateway:
             )
             untouched_length = None if route.chain.hooks_response_body else upstream.content_length
             return await _answer(request, run, final, untouched_length)
+
+
+def _depth(headers: CIMultiDictProxy[str]) -> int | None:
+    """How many sub-requests deep this request is (0 from a client); None when the header is garbage."""
+    value = headers.get(DEPTH_HEADER, "0")
+    return int(value) if value.isdigit() and len(value) < 4 else None
 
 
 # -- bodies ------------------------------------------------------------------------

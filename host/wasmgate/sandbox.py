@@ -13,6 +13,9 @@ and is reported with a precise cause:
   past the quota, and is failed for exactly that, instead of crashing in a
   way that looks like any other trap. The host never holds more than that.
 - ``trap``, ``abi_violation``, ``init_failed``: see ``failures.Cause``.
+
+A hook that returns ``pause`` is resumed (``resume``) once its calls have
+finished, within what is left of the same phase's deadline.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from . import ffi
-from .abi import WASM_PAGE, GuestMemory, Hook, Phases
+from .abi import RESUME_EXPORT, WASM_PAGE, GuestMemory, Hook, Phases
 from .exchange import Exchange, LocalResponse
 from .failures import AbiViolation, Cause, ProcessorFailure
+from .subrequests import CallLedger
 
 if TYPE_CHECKING:
     from .engine import Runtime
@@ -53,6 +58,8 @@ class Sandbox:
         "in_host_call",
         "peak_memory",
         "log_lines",
+        "calls",
+        "phase_deadline",
         "_runtime",
         "_store",
         "_instance",
@@ -73,6 +80,8 @@ class Sandbox:
         self.in_host_call = False
         self.peak_memory = 0
         self.log_lines = 0
+        self.calls: CallLedger | None = None  # set when the sandbox serves a request
+        self.phase_deadline = 0.0  # time.monotonic() when the running phase must be over
         self._runtime = runtime
         self._memory: object | None = None  # byref of the instance's memory
         self._funcs: dict[bytes, object] = {}  # byref of each function called
@@ -80,7 +89,7 @@ class Sandbox:
         self._alloc_slots = (ffi.RawVal * 4)()  # cabi_realloc's, never in use twice at once
         self._store: ffi.Store | None = ffi.Store(runtime.engine)
         self._store.limit(2 * processor.memory_limit, TABLE_ELEMENTS)
-        self._enter(Hook.INIT)
+        self._enter(Hook.INIT, processor.deadline_ticks[Hook.INIT])
         try:
             try:
                 self._instance = self._store.instantiate(processor.module.pre)
@@ -115,7 +124,7 @@ class Sandbox:
 
     def init(self, config: bytes) -> int:
         """Runs the guest's ``init`` with its JSON config; returns its phase bits."""
-        self._enter(Hook.INIT)
+        self._enter(Hook.INIT, self.processor.deadline_ticks[Hook.INIT])
         try:
             slots = self._slots
             slots[0].u32 = self.memory().alloc(config, "the config")
@@ -146,7 +155,8 @@ class Sandbox:
         self.exchange = exchange
         self.replaced_body = None
         self.local_response = None
-        self._enter(hook)
+        self.phase_deadline = time.monotonic() + self.processor.timeouts[hook]
+        self._enter(hook, self.processor.deadline_ticks[hook])
         slots = self._slots
         try:
             if hook.takes_body:
@@ -165,11 +175,37 @@ class Sandbox:
         self._check_memory()
         return action
 
+    def resume(self, hook: Hook) -> int:
+        """Runs ``on-resume`` for a paused ``hook``, in what is left of its deadline; returns the raw action."""
+        remaining = self.phase_deadline - time.monotonic()
+        if remaining <= 0:
+            self.close()
+            raise _deadline_passed(self.processor.timeouts[hook], hook)
+        self._enter(hook, self._runtime.ticks(remaining))
+        try:
+            self._store.call(self._func(RESUME_EXPORT), self._slots)
+            action = self._slots[0].u32
+        except BaseException as failure:
+            raise self._failure(failure, hook) from None
+        finally:
+            self._leave()
+        self._check_memory()
+        return action
+
+    def check_held_bytes(self) -> None:
+        """Fails the processor when its guest memory and what the host holds for it pass its quota."""
+        held = self.calls.held_bytes if self.calls is not None else 0
+        total, limit, mib = self._memory_size() + held, self.processor.memory_limit, 1 << 20
+        if total > limit:
+            self.close()
+            detail = f"guest memory and {held / mib:.1f} MiB of sub-requests make {total / mib:.1f} MiB"
+            raise ProcessorFailure(Cause.MEMORY_LIMIT, f"{detail}, over its {limit / mib:.1f} MiB quota")
+
     # -- guest calls ---------------------------------------------------------
 
-    def _enter(self, hook: Hook) -> None:
+    def _enter(self, hook: Hook, ticks: int) -> None:
         """Starts a guarded region: one deadline, host calls allowed for ``hook``."""
-        self._store.set_deadline(self.processor.deadline_ticks[hook])
+        self._store.set_deadline(ticks)
         self.hook = hook
         self.fault = None
         _active.sandbox = self
@@ -221,14 +257,17 @@ class Sandbox:
             self.peak_memory = max(self.peak_memory, size)
             limit = self.processor.memory_limit
             if isinstance(failure, ffi.WasmTrap) and failure.code == ffi.TRAP_INTERRUPT:
-                timeout_ms = self.processor.timeouts[hook] * 1000
-                failure = ProcessorFailure(Cause.TIMEOUT, f"{hook.phase} ran past its {timeout_ms:g} ms deadline")
+                failure = _deadline_passed(self.processor.timeouts[hook], hook)
             elif size > limit or size + WASM_PAGE > 2 * limit:
                 failure = ProcessorFailure(Cause.MEMORY_LIMIT, self._memory_detail(size))
             else:
                 failure = ProcessorFailure(Cause.TRAP, _trap_summary(str(failure)))
         self.close()
         return failure
+
+
+def _deadline_passed(timeout: float, hook: Hook) -> ProcessorFailure:
+    return ProcessorFailure(Cause.TIMEOUT, f"{hook.phase} ran past its {timeout * 1000:g} ms deadline")
 
 
 def _instantiation_failure(message: str) -> ProcessorFailure:

@@ -55,7 +55,9 @@ async def listen(application: web.Application, address: str, reuse_port: bool) -
 async def start_gateway(config: Config, runtime: Runtime, pool: GuestPool, reuse_port: bool = False) -> web.AppRunner:
     """Loads the processors (off the event loop) and listens on ``config.listen``."""
     processors = await asyncio.get_running_loop().run_in_executor(None, load_processors, runtime, config)
-    gateway = Gateway(build_routes(config.routes, processors), runtime, pool, config.upstream)
+    gateway = Gateway(
+        build_routes(config.routes, processors), runtime, pool, config.upstream, config.max_subrequest_depth
+    )
     return await listen(app(gateway), config.listen, reuse_port)
 
 

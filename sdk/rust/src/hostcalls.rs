@@ -3,7 +3,9 @@
 //! way the canonical ABI says.
 
 use crate::headers::Headers;
-use crate::types::{LogLevel, Message, MetricKind, RequestInfo, Response};
+use crate::types::{
+    CallError, CallRequest, CallResponse, LogLevel, Message, MetricKind, RequestInfo, Response,
+};
 
 mod raw {
     #[link(wasm_import_module = "wasmgate:processor/host@0.1.0")]
@@ -15,9 +17,21 @@ mod raw {
         #[link_name = "get-headers"]
         pub fn get_headers(message: i32, ret: *mut u32);
         #[link_name = "set-header"]
-        pub fn set_header(message: i32, name: *const u8, name_len: usize, value: *const u8, value_len: usize);
+        pub fn set_header(
+            message: i32,
+            name: *const u8,
+            name_len: usize,
+            value: *const u8,
+            value_len: usize,
+        );
         #[link_name = "add-header"]
-        pub fn add_header(message: i32, name: *const u8, name_len: usize, value: *const u8, value_len: usize);
+        pub fn add_header(
+            message: i32,
+            name: *const u8,
+            name_len: usize,
+            value: *const u8,
+            value_len: usize,
+        );
         #[link_name = "remove-header"]
         pub fn remove_header(message: i32, name: *const u8, name_len: usize);
         #[link_name = "get-status"]
@@ -27,9 +41,30 @@ mod raw {
         #[link_name = "replace-body"]
         pub fn replace_body(body: *const u8, len: usize);
         #[link_name = "send-response"]
-        pub fn send_response(status: i32, headers: *const [u32; 4], count: usize, body: *const u8, len: usize);
+        pub fn send_response(
+            status: i32,
+            headers: *const [u32; 4],
+            count: usize,
+            body: *const u8,
+            len: usize,
+        );
         #[link_name = "set-upstream"]
         pub fn set_upstream(url: *const u8, len: usize, ret: *mut u32);
+        #[link_name = "call"]
+        pub fn call(
+            method: *const u8,
+            method_len: usize,
+            url: *const u8,
+            url_len: usize,
+            headers: *const [u32; 4],
+            headers_len: usize,
+            body: *const u8,
+            body_len: usize,
+            timeout_ms: i32,
+            ret: *mut u32,
+        );
+        #[link_name = "call-result"]
+        pub fn call_result(handle: i32, ret: *mut u32);
         #[link_name = "log"]
         pub fn log(level: i32, message: *const u8, len: usize);
         #[link_name = "define-metric"]
@@ -73,7 +108,10 @@ unsafe fn take_result(ret: &[u32; 3]) -> Result<u32, String> {
 }
 
 fn string_list(values: &[&str]) -> Vec<[u32; 2]> {
-    values.iter().map(|v| [v.as_ptr() as u32, v.len() as u32]).collect()
+    values
+        .iter()
+        .map(|v| [v.as_ptr() as u32, v.len() as u32])
+        .collect()
 }
 
 pub fn request_info() -> RequestInfo {
@@ -112,11 +150,27 @@ pub fn headers(message: Message) -> Headers {
 }
 
 pub fn set_header(message: Message, name: &str, value: &str) {
-    unsafe { raw::set_header(message as i32, name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
+    unsafe {
+        raw::set_header(
+            message as i32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    }
 }
 
 pub fn add_header(message: Message, name: &str, value: &str) {
-    unsafe { raw::add_header(message as i32, name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
+    unsafe {
+        raw::add_header(
+            message as i32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    }
 }
 
 pub fn remove_header(message: Message, name: &str) {
@@ -137,14 +191,33 @@ pub fn replace_body(body: &[u8]) {
     unsafe { raw::replace_body(body.as_ptr(), body.len()) }
 }
 
-pub fn send_response(response: &Response) {
-    let headers: Vec<[u32; 4]> = response
-        .headers
+/// A lowered `list<tuple<string, string>>`, borrowing from `headers`.
+fn header_list(headers: &[(String, String)]) -> Vec<[u32; 4]> {
+    headers
         .iter()
-        .map(|(n, v)| [n.as_ptr() as u32, n.len() as u32, v.as_ptr() as u32, v.len() as u32])
-        .collect();
+        .map(|(n, v)| {
+            [
+                n.as_ptr() as u32,
+                n.len() as u32,
+                v.as_ptr() as u32,
+                v.len() as u32,
+            ]
+        })
+        .collect()
+}
+
+pub fn send_response(response: &Response) {
+    let headers = header_list(&response.headers);
     let body = &response.body;
-    unsafe { raw::send_response(response.status as i32, headers.as_ptr(), headers.len(), body.as_ptr(), body.len()) }
+    unsafe {
+        raw::send_response(
+            response.status as i32,
+            headers.as_ptr(),
+            headers.len(),
+            body.as_ptr(),
+            body.len(),
+        )
+    }
 }
 
 pub fn set_upstream(url: &str) -> Result<(), String> {
@@ -155,11 +228,55 @@ pub fn set_upstream(url: &str) -> Result<(), String> {
     }
 }
 
+pub fn call(request: &CallRequest) -> Result<u32, String> {
+    let headers = header_list(&request.headers);
+    let (method, url, body) = (&request.method, &request.url, &request.body);
+    let mut ret = [0u32; 3];
+    unsafe {
+        raw::call(
+            method.as_ptr(),
+            method.len(),
+            url.as_ptr(),
+            url.len(),
+            headers.as_ptr(),
+            headers.len(),
+            body.as_ptr(),
+            body.len(),
+            request.timeout_ms as i32,
+            ret.as_mut_ptr(),
+        );
+        take_result(&ret)
+    }
+}
+
+pub fn call_result(handle: u32) -> Result<CallResponse, CallError> {
+    // result<call-response, call-error>: tag; then status, headers and body at 4, 8 and 16.
+    let mut ret = [0u32; 6];
+    unsafe {
+        raw::call_result(handle as i32, ret.as_mut_ptr());
+        if ret[0] & 0xff != 0 {
+            return Err(CallError::from_code(ret[1] & 0xff));
+        }
+        let headers = take_bytes(ret[2], ret[3]);
+        Ok(CallResponse {
+            status: (ret[1] & 0xffff) as u16,
+            headers: Headers::from_msgpack(&headers).unwrap_or_default(),
+            body: take_bytes(ret[4], ret[5]),
+        })
+    }
+}
+
 pub fn log(level: LogLevel, message: &str) {
     unsafe { raw::log(level as i32, message.as_ptr(), message.len()) }
 }
 
-pub fn define_metric(kind: MetricKind, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> Result<u32, String> {
+pub fn define_metric(
+    kind: MetricKind,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> Result<u32, String> {
     let labels = string_list(labels);
     let mut ret = [0u32; 3];
     unsafe {

@@ -31,10 +31,15 @@ mod types;
 
 pub use headers::Headers;
 pub use traits::Processor;
-pub use types::{Action, LogLevel, Message, MetricKind, Phases, RequestInfo, Response};
+pub use types::{
+    Action, CallError, CallRequest, CallResponse, LogLevel, Message, MetricKind, Phases,
+    RequestInfo, Response,
+};
 
 // What needs the gateway's imports exists only in the Wasm build; the pure
 // parts above also build (and are unit-tested) on the host.
+#[cfg(target_arch = "wasm32")]
+pub mod calls;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod dispatcher;
@@ -79,7 +84,11 @@ macro_rules! register {
                 d::on_request_headers(end_of_stream)
             }
             #[export_name = "wasmgate:processor/handler@0.1.0#on-request-body"]
-            unsafe extern "C" fn on_request_body(body: *mut u8, len: usize, end_of_stream: i32) -> i32 {
+            unsafe extern "C" fn on_request_body(
+                body: *mut u8,
+                len: usize,
+                end_of_stream: i32,
+            ) -> i32 {
                 d::on_request_body(body, len, end_of_stream)
             }
             #[export_name = "wasmgate:processor/handler@0.1.0#on-response-headers"]
@@ -87,8 +96,16 @@ macro_rules! register {
                 d::on_response_headers(end_of_stream)
             }
             #[export_name = "wasmgate:processor/handler@0.1.0#on-response-body"]
-            unsafe extern "C" fn on_response_body(body: *mut u8, len: usize, end_of_stream: i32) -> i32 {
+            unsafe extern "C" fn on_response_body(
+                body: *mut u8,
+                len: usize,
+                end_of_stream: i32,
+            ) -> i32 {
                 d::on_response_body(body, len, end_of_stream)
+            }
+            #[export_name = "wasmgate:processor/handler@0.1.0#on-resume"]
+            extern "C" fn on_resume() -> i32 {
+                d::on_resume()
             }
             #[export_name = "wasmgate:processor/handler@0.1.0#on-done"]
             extern "C" fn on_done() {

@@ -34,6 +34,14 @@ pub trait Processor {
         Action::Continue
     }
 
+    /// Every call a hook started before returning [`Action::Pause`] has
+    /// finished: read them with [`crate::calls::Handle::result`]. Runs in that
+    /// hook's phase, under its deadline; return `Pause` again after starting
+    /// more calls.
+    fn on_resume(&mut self) -> Action {
+        Action::Continue
+    }
+
     /// The exchange is over, also after a failure or a local response.
     fn on_done(&mut self) {}
 }

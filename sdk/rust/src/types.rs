@@ -1,5 +1,7 @@
 //! The values hooks and host calls exchange, as the WIT world defines them.
 
+use crate::headers::Headers;
+
 /// What the gateway does when a hook returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -8,7 +10,8 @@ pub enum Action {
     Continue = 0,
     /// Answer with the response given to [`crate::respond`] in this hook.
     Respond = 1,
-    /// Reserved for sub-requests; the gateway fails a hook that pauses with nothing to wait for.
+    /// Wait for the calls this hook started ([`crate::calls`]), then run
+    /// [`crate::Processor::on_resume`]. Pausing with no call started fails the processor.
     Pause = 2,
 }
 
@@ -98,7 +101,11 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Vec::new() }
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Response {
@@ -109,5 +116,89 @@ impl Response {
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Response {
         self.body = body.into();
         self
+    }
+}
+
+/// A sub-request, started with [`crate::calls::start`]:
+/// `CallRequest::post(url).header("content-type", "application/json").body(json)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallRequest {
+    pub method: String,
+    /// Absolute http or https; its origin must be in the processor's `subrequests.allow`.
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Per attempt; 0 means the processor's `subrequests.timeout`.
+    pub timeout_ms: u32,
+}
+
+impl CallRequest {
+    pub fn new(method: impl Into<String>, url: impl Into<String>) -> CallRequest {
+        CallRequest {
+            method: method.into(),
+            url: url.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            timeout_ms: 0,
+        }
+    }
+
+    pub fn get(url: impl Into<String>) -> CallRequest {
+        CallRequest::new("GET", url)
+    }
+
+    pub fn post(url: impl Into<String>) -> CallRequest {
+        CallRequest::new("POST", url)
+    }
+
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> CallRequest {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> CallRequest {
+        self.body = body.into();
+        self
+    }
+
+    pub fn timeout_ms(mut self, timeout_ms: u32) -> CallRequest {
+        self.timeout_ms = timeout_ms;
+        self
+    }
+}
+
+/// What a finished call answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallResponse {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+/// Why a call has no response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CallError {
+    /// No answer within the call's timeout (after any retries).
+    Timeout = 0,
+    /// No connection, or it broke before the response.
+    Connect = 1,
+    /// The origin is not in `subrequests.allow`: nothing was sent.
+    Denied = 2,
+    /// The response body passed `subrequests.max_response_bytes`.
+    TooLarge = 3,
+    /// Not finished: the phase's deadline passed or the request ended.
+    Cancelled = 4,
+}
+
+impl CallError {
+    pub(crate) fn from_code(code: u32) -> CallError {
+        match code {
+            0 => CallError::Timeout,
+            1 => CallError::Connect,
+            2 => CallError::Denied,
+            3 => CallError::TooLarge,
+            _ => CallError::Cancelled,
+        }
     }
 }

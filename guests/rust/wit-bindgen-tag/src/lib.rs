@@ -52,6 +52,10 @@ impl Guest for Tag {
         Action::Continue
     }
 
+    fn on_resume() -> Action {
+        Action::Continue
+    }
+
     fn on_done() {}
 }
 
