@@ -22,11 +22,7 @@ static INIT_RESULT: Single<[u32; 3]> = Single(UnsafeCell::new([0; 3]));
 fn processor() -> &'static mut dyn Processor {
     // SAFETY: hooks of one instance never overlap (see `Single`), and the
     // gateway calls `init`, which creates the processor, before any other hook.
-    unsafe {
-        (*PROCESSOR.0.get())
-            .as_deref_mut()
-            .expect("the gateway calls init first")
-    }
+    unsafe { (*PROCESSOR.0.get()).as_deref_mut().expect("the gateway calls init first") }
 }
 
 /// Takes ownership of a body the host copied in through `cabi_realloc`.
@@ -41,11 +37,7 @@ unsafe fn take_body(ptr: *mut u8, len: usize) -> Vec<u8> {
 /// so the failure says what went wrong.
 fn report_panics() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        std::panic::set_hook(Box::new(|info| {
-            hostcalls::log(LogLevel::Error, &info.to_string())
-        }))
-    });
+    ONCE.call_once(|| std::panic::set_hook(Box::new(|info| hostcalls::log(LogLevel::Error, &info.to_string()))));
 }
 
 pub unsafe fn init<P: Processor + Default + 'static>(config: *mut u8, len: usize) -> *mut u32 {
@@ -71,8 +63,7 @@ pub unsafe fn init<P: Processor + Default + 'static>(config: *mut u8, len: usize
 
 pub unsafe fn init_post_return(ret: *mut u32) {
     if *ret & 0xff == 1 {
-        let message =
-            core::ptr::slice_from_raw_parts_mut(*ret.add(1) as *mut u8, *ret.add(2) as usize);
+        let message = core::ptr::slice_from_raw_parts_mut(*ret.add(1) as *mut u8, *ret.add(2) as usize);
         drop(Box::from_raw(message));
     }
 }
@@ -105,12 +96,7 @@ pub fn on_done() {
 
 /// The canonical ABI's allocator: the host asks it for room for what it hands in.
 #[no_mangle]
-unsafe extern "C" fn cabi_realloc(
-    old: *mut u8,
-    old_len: usize,
-    align: usize,
-    new_len: usize,
-) -> *mut u8 {
+unsafe extern "C" fn cabi_realloc(old: *mut u8, old_len: usize, align: usize, new_len: usize) -> *mut u8 {
     let layout;
     let ptr = if old_len == 0 {
         if new_len == 0 {

@@ -8,18 +8,12 @@ pub struct Headers(Vec<(String, String)>);
 impl Headers {
     /// The first value of `name` (compared without regard to case).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Every value of `name`, in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.0.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -56,10 +50,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn take(&mut self, count: usize) -> Result<&[u8], String> {
-        let end = self
-            .at
-            .checked_add(count)
-            .filter(|&end| end <= self.data.len());
+        let end = self.at.checked_add(count).filter(|&end| end <= self.data.len());
         let end = end.ok_or("truncated MessagePack")?;
         let taken = &self.data[self.at..end];
         self.at = end;
@@ -71,10 +62,7 @@ impl Reader<'_> {
     }
 
     fn uint(&mut self, width: usize) -> Result<usize, String> {
-        Ok(self
-            .take(width)?
-            .iter()
-            .fold(0usize, |n, &b| (n << 8) | b as usize))
+        Ok(self.take(width)?.iter().fold(0usize, |n, &b| (n << 8) | b as usize))
     }
 
     fn array(&mut self) -> Result<usize, String> {
@@ -108,10 +96,7 @@ mod tests {
         let data = b"\x93\x92\xa1a\xa11\x92\xaaset-cookie\xa1x\x92\xaaset-cookie\xa1y";
         let headers = Headers::from_msgpack(data).unwrap();
         assert_eq!(headers.get("A"), Some("1"));
-        assert_eq!(
-            headers.get_all("set-cookie").collect::<Vec<_>>(),
-            ["x", "y"]
-        );
+        assert_eq!(headers.get_all("set-cookie").collect::<Vec<_>>(), ["x", "y"]);
         assert_eq!(headers.len(), 3);
     }
 
@@ -120,17 +105,12 @@ mod tests {
         let value = "v".repeat(300);
         let mut data = vec![0xdc, 0, 1, 0x92, 0xa1, b'k', 0xda, 1, 44];
         data.extend_from_slice(value.as_bytes());
-        assert_eq!(
-            Headers::from_msgpack(&data).unwrap().get("k"),
-            Some(value.as_str())
-        );
+        assert_eq!(Headers::from_msgpack(&data).unwrap().get("k"), Some(value.as_str()));
     }
 
     #[test]
     fn refuses_truncated_input() {
         assert!(Headers::from_msgpack(b"\x91\x92\xa5ab").is_err());
-        assert!(Headers::from_msgpack(b"\xdd\xff\xff\xff\xff")
-            .map(|h| h.len())
-            .is_err());
+        assert!(Headers::from_msgpack(b"\xdd\xff\xff\xff\xff").map(|h| h.len()).is_err());
     }
 }

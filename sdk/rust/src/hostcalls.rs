@@ -3,9 +3,7 @@
 //! way the canonical ABI says.
 
 use crate::headers::Headers;
-use crate::types::{
-    CallError, CallRequest, CallResponse, LogLevel, Message, MetricKind, RequestInfo, Response,
-};
+use crate::types::{CallError, CallRequest, CallResponse, LogLevel, Message, MetricKind, RequestInfo, Response};
 
 mod raw {
     #[link(wasm_import_module = "wasmgate:processor/host@0.1.0")]
@@ -17,21 +15,9 @@ mod raw {
         #[link_name = "get-headers"]
         pub fn get_headers(message: i32, ret: *mut u32);
         #[link_name = "set-header"]
-        pub fn set_header(
-            message: i32,
-            name: *const u8,
-            name_len: usize,
-            value: *const u8,
-            value_len: usize,
-        );
+        pub fn set_header(message: i32, name: *const u8, name_len: usize, value: *const u8, value_len: usize);
         #[link_name = "add-header"]
-        pub fn add_header(
-            message: i32,
-            name: *const u8,
-            name_len: usize,
-            value: *const u8,
-            value_len: usize,
-        );
+        pub fn add_header(message: i32, name: *const u8, name_len: usize, value: *const u8, value_len: usize);
         #[link_name = "remove-header"]
         pub fn remove_header(message: i32, name: *const u8, name_len: usize);
         #[link_name = "get-status"]
@@ -41,13 +27,7 @@ mod raw {
         #[link_name = "replace-body"]
         pub fn replace_body(body: *const u8, len: usize);
         #[link_name = "send-response"]
-        pub fn send_response(
-            status: i32,
-            headers: *const [u32; 4],
-            count: usize,
-            body: *const u8,
-            len: usize,
-        );
+        pub fn send_response(status: i32, headers: *const [u32; 4], count: usize, body: *const u8, len: usize);
         #[link_name = "set-upstream"]
         pub fn set_upstream(url: *const u8, len: usize, ret: *mut u32);
         #[link_name = "call"]
@@ -108,10 +88,7 @@ unsafe fn take_result(ret: &[u32; 3]) -> Result<u32, String> {
 }
 
 fn string_list(values: &[&str]) -> Vec<[u32; 2]> {
-    values
-        .iter()
-        .map(|v| [v.as_ptr() as u32, v.len() as u32])
-        .collect()
+    values.iter().map(|v| [v.as_ptr() as u32, v.len() as u32]).collect()
 }
 
 pub fn request_info() -> RequestInfo {
@@ -150,27 +127,11 @@ pub fn headers(message: Message) -> Headers {
 }
 
 pub fn set_header(message: Message, name: &str, value: &str) {
-    unsafe {
-        raw::set_header(
-            message as i32,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    }
+    unsafe { raw::set_header(message as i32, name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
 }
 
 pub fn add_header(message: Message, name: &str, value: &str) {
-    unsafe {
-        raw::add_header(
-            message as i32,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    }
+    unsafe { raw::add_header(message as i32, name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
 }
 
 pub fn remove_header(message: Message, name: &str) {
@@ -193,31 +154,13 @@ pub fn replace_body(body: &[u8]) {
 
 /// A lowered `list<tuple<string, string>>`, borrowing from `headers`.
 fn header_list(headers: &[(String, String)]) -> Vec<[u32; 4]> {
-    headers
-        .iter()
-        .map(|(n, v)| {
-            [
-                n.as_ptr() as u32,
-                n.len() as u32,
-                v.as_ptr() as u32,
-                v.len() as u32,
-            ]
-        })
-        .collect()
+    headers.iter().map(|(n, v)| [n.as_ptr() as u32, n.len() as u32, v.as_ptr() as u32, v.len() as u32]).collect()
 }
 
 pub fn send_response(response: &Response) {
     let headers = header_list(&response.headers);
     let body = &response.body;
-    unsafe {
-        raw::send_response(
-            response.status as i32,
-            headers.as_ptr(),
-            headers.len(),
-            body.as_ptr(),
-            body.len(),
-        )
-    }
+    unsafe { raw::send_response(response.status as i32, headers.as_ptr(), headers.len(), body.as_ptr(), body.len()) }
 }
 
 pub fn set_upstream(url: &str) -> Result<(), String> {

@@ -22,8 +22,7 @@ const MAX_DEPTH: usize = 128;
 
 /// Parses a whole JSON document.
 pub fn parse(input: &[u8]) -> Result<Json, String> {
-    let text = core::str::from_utf8(input)
-        .map_err(|e| format!("not UTF-8 at byte {}", e.valid_up_to()))?;
+    let text = core::str::from_utf8(input).map_err(|e| format!("not UTF-8 at byte {}", e.valid_up_to()))?;
     let mut parser = Parser { text, at: 0 };
     let value = parser.value(0)?;
     parser.space();
@@ -36,11 +35,7 @@ pub fn parse(input: &[u8]) -> Result<Json, String> {
 impl Json {
     /// The value of `key` in an object (the last one, if it is repeated).
     pub fn get(&self, key: &str) -> Option<&Json> {
-        self.as_object()?
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
+        self.as_object()?.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     pub fn as_str(&self) -> Option<&str> {
@@ -82,12 +77,8 @@ impl Json {
     pub fn for_each_string_mut(&mut self, f: &mut impl FnMut(&mut String)) {
         match self {
             Json::String(s) => f(s),
-            Json::Array(items) => items
-                .iter_mut()
-                .for_each(|item| item.for_each_string_mut(f)),
-            Json::Object(members) => members
-                .iter_mut()
-                .for_each(|(_, value)| value.for_each_string_mut(f)),
+            Json::Array(items) => items.iter_mut().for_each(|item| item.for_each_string_mut(f)),
+            Json::Object(members) => members.iter_mut().for_each(|(_, value)| value.for_each_string_mut(f)),
             _ => {}
         }
     }
@@ -244,10 +235,7 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32, String> {
-        let digits = self
-            .text
-            .get(self.at..self.at + 4)
-            .ok_or_else(|| self.error("truncated \\u escape"))?;
+        let digits = self.text.get(self.at..self.at + 4).ok_or_else(|| self.error("truncated \\u escape"))?;
         let code = u32::from_str_radix(digits, 16).map_err(|_| self.error("invalid \\u escape"))?;
         self.at += 4;
         Ok(code)
@@ -258,9 +246,7 @@ impl Parser<'_> {
         let mut out = String::new();
         loop {
             let rest = &self.text[self.at..];
-            let stop = rest
-                .find(['"', '\\'])
-                .ok_or_else(|| self.error("unterminated string"))?;
+            let stop = rest.find(['"', '\\']).ok_or_else(|| self.error("unterminated string"))?;
             let plain = &rest[..stop];
             if plain.bytes().any(|b| b < 0x20) {
                 return Err(self.error("control character in string"));
@@ -270,9 +256,7 @@ impl Parser<'_> {
             if rest.as_bytes()[stop] == b'"' {
                 return Ok(out);
             }
-            let escape = self
-                .peek()
-                .ok_or_else(|| self.error("unterminated string"))?;
+            let escape = self.peek().ok_or_else(|| self.error("unterminated string"))?;
             self.at += 1;
             match escape {
                 b'"' => out.push('"'),
@@ -369,13 +353,7 @@ mod tests {
     fn reads_values_by_key() {
         let value = parse(br#" { "a" : [1, true], "b": {"c": "d"}, "a": 2 } "#).unwrap();
         assert_eq!(value.get("a").and_then(Json::as_f64), Some(2.0));
-        assert_eq!(
-            value
-                .get("b")
-                .and_then(|b| b.get("c"))
-                .and_then(Json::as_str),
-            Some("d")
-        );
+        assert_eq!(value.get("b").and_then(|b| b.get("c")).and_then(Json::as_str), Some("d"));
         assert!(value.get("missing").is_none());
     }
 
@@ -388,20 +366,8 @@ mod tests {
 
     #[test]
     fn refuses_invalid_documents() {
-        for bad in [
-            "",
-            "{",
-            "[1,]",
-            "{\"a\" 1}",
-            "01",
-            "1.",
-            "-",
-            "\"\\x\"",
-            "\"a\nb\"",
-            "\"\\ud800\"",
-            "[] x",
-            "tru",
-        ] {
+        for bad in ["", "{", "[1,]", "{\"a\" 1}", "01", "1.", "-", "\"\\x\"", "\"a\nb\"", "\"\\ud800\"", "[] x", "tru"]
+        {
             assert!(parse(bad.as_bytes()).is_err(), "{bad:?} should not parse");
         }
     }
@@ -409,18 +375,13 @@ mod tests {
     #[test]
     fn refuses_nesting_past_the_limit() {
         let deep = "[".repeat(MAX_DEPTH + 2) + &"]".repeat(MAX_DEPTH + 2);
-        assert!(parse(deep.as_bytes())
-            .unwrap_err()
-            .contains("nested too deeply"));
+        assert!(parse(deep.as_bytes()).unwrap_err().contains("nested too deeply"));
     }
 
     #[test]
     fn visits_every_string_value_but_not_keys() {
         let mut value = parse(br#"{"k":"v","list":["a",{"k2":"b"}],"n":1}"#).unwrap();
         value.for_each_string_mut(&mut |s| s.make_ascii_uppercase());
-        assert_eq!(
-            value.to_string(),
-            r#"{"k":"V","list":["A",{"k2":"B"}],"n":1}"#
-        );
+        assert_eq!(value.to_string(), r#"{"k":"V","list":["A",{"k2":"B"}],"n":1}"#);
     }
 }

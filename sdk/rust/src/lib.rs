@@ -32,8 +32,7 @@ mod types;
 pub use headers::Headers;
 pub use traits::Processor;
 pub use types::{
-    Action, CallError, CallRequest, CallResponse, LogLevel, Message, MetricKind, Phases,
-    RequestInfo, Response,
+    Action, CallError, CallRequest, CallResponse, LogLevel, Message, MetricKind, Phases, RequestInfo, Response,
 };
 
 // What needs the gateway's imports exists only in the Wasm build; the pure
@@ -84,11 +83,7 @@ macro_rules! register {
                 d::on_request_headers(end_of_stream)
             }
             #[export_name = "wasmgate:processor/handler@0.1.0#on-request-body"]
-            unsafe extern "C" fn on_request_body(
-                body: *mut u8,
-                len: usize,
-                end_of_stream: i32,
-            ) -> i32 {
+            unsafe extern "C" fn on_request_body(body: *mut u8, len: usize, end_of_stream: i32) -> i32 {
                 d::on_request_body(body, len, end_of_stream)
             }
             #[export_name = "wasmgate:processor/handler@0.1.0#on-response-headers"]
@@ -96,11 +91,7 @@ macro_rules! register {
                 d::on_response_headers(end_of_stream)
             }
             #[export_name = "wasmgate:processor/handler@0.1.0#on-response-body"]
-            unsafe extern "C" fn on_response_body(
-                body: *mut u8,
-                len: usize,
-                end_of_stream: i32,
-            ) -> i32 {
+            unsafe extern "C" fn on_response_body(body: *mut u8, len: usize, end_of_stream: i32) -> i32 {
                 d::on_response_body(body, len, end_of_stream)
             }
             #[export_name = "wasmgate:processor/handler@0.1.0#on-resume"]

@@ -23,19 +23,11 @@ pub struct Metric {
 }
 
 impl Metric {
-    pub const fn counter(
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-    ) -> Metric {
+    pub const fn counter(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Metric {
         Metric::new(MetricKind::Counter, name, help, labels, &[])
     }
 
-    pub const fn gauge(
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-    ) -> Metric {
+    pub const fn gauge(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Metric {
         Metric::new(MetricKind::Gauge, name, help, labels, &[])
     }
 
@@ -56,33 +48,17 @@ impl Metric {
         labels: &'static [&'static str],
         buckets: &'static [f64],
     ) -> Metric {
-        Metric {
-            kind,
-            name,
-            help,
-            labels,
-            buckets,
-            id: OnceLock::new(),
-        }
+        Metric { kind, name, help, labels, buckets, id: OnceLock::new() }
     }
 
     /// Adds to a counter, sets a gauge, or observes a histogram value.
     /// `label_values` are given in the order of the declared labels.
     pub fn record(&self, label_values: &[&str], value: f64) {
         let id = self.id.get_or_init(|| {
-            match hostcalls::define_metric(
-                self.kind,
-                self.name,
-                self.help,
-                self.labels,
-                self.buckets,
-            ) {
+            match hostcalls::define_metric(self.kind, self.name, self.help, self.labels, self.buckets) {
                 Ok(id) => Some(id),
                 Err(reason) => {
-                    hostcalls::log(
-                        LogLevel::Warn,
-                        &format!("metric {} not declared: {reason}", self.name),
-                    );
+                    hostcalls::log(LogLevel::Warn, &format!("metric {} not declared: {reason}", self.name));
                     None
                 }
             }

@@ -101,11 +101,7 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16) -> Response {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+        Response { status, headers: Vec::new(), body: Vec::new() }
     }
 
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Response {
@@ -134,13 +130,7 @@ pub struct CallRequest {
 
 impl CallRequest {
     pub fn new(method: impl Into<String>, url: impl Into<String>) -> CallRequest {
-        CallRequest {
-            method: method.into(),
-            url: url.into(),
-            headers: Vec::new(),
-            body: Vec::new(),
-            timeout_ms: 0,
-        }
+        CallRequest { method: method.into(), url: url.into(), headers: Vec::new(), body: Vec::new(), timeout_ms: 0 }
     }
 
     pub fn get(url: impl Into<String>) -> CallRequest {

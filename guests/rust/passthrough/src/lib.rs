@@ -36,4 +36,3 @@ impl Processor for Passthrough {
 }
 
 wasmgate_sdk::register!(Passthrough);
-

@@ -53,9 +53,10 @@ mod processor {
                     .iter()
                     .map(|k| {
                         let name = k.as_str().unwrap_or_default();
-                        Kind::ALL.into_iter().find(|kind| kind.name() == name).ok_or(format!(
-                            "kinds: {k} is not one of \"email\", \"phone\", \"card\""
-                        ))
+                        Kind::ALL
+                            .into_iter()
+                            .find(|kind| kind.name() == name)
+                            .ok_or(format!("kinds: {k} is not one of \"email\", \"phone\", \"card\""))
                     })
                     .collect::<Result<_, _>>()?;
             }

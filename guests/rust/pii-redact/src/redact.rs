@@ -76,16 +76,11 @@ pub fn redact(text: &str, wanted: &[Kind], tally: &mut Tally) -> Option<String> 
 fn find(text: &str, wanted: &[Kind]) -> Vec<(usize, usize, Kind)> {
     let bytes = text.as_bytes();
     let mut emails = if wanted.contains(&Kind::Email) { emails(bytes) } else { Vec::new() };
-    let numbers = if wanted.contains(&Kind::Phone) || wanted.contains(&Kind::Card) {
-        numbers(bytes, wanted)
-    } else {
-        Vec::new()
-    };
+    let numbers =
+        if wanted.contains(&Kind::Phone) || wanted.contains(&Kind::Card) { numbers(bytes, wanted) } else { Vec::new() };
     // A number inside an e-mail address belongs to the address.
-    let mut spans: Vec<_> = numbers
-        .into_iter()
-        .filter(|&(s, e, _)| !emails.iter().any(|&(es, ee, _)| s < ee && es < e))
-        .collect();
+    let mut spans: Vec<_> =
+        numbers.into_iter().filter(|&(s, e, _)| !emails.iter().any(|&(es, ee, _)| s < ee && es < e)).collect();
     spans.append(&mut emails);
     spans.sort_unstable_by_key(|&(start, _, _)| start);
     spans
@@ -118,7 +113,8 @@ fn emails(bytes: &[u8]) -> Vec<(usize, usize, Kind)> {
         let host = &bytes[at + 1..end];
         let top = host.rsplit(|&b| b == b'.').next().unwrap_or(b"");
         let labels_ok = host.split(|&b| b == b'.').all(|label| !label.is_empty());
-        if start < at && host.contains(&b'.') && labels_ok && top.len() >= 2 && top.iter().all(u8::is_ascii_alphabetic) {
+        if start < at && host.contains(&b'.') && labels_ok && top.len() >= 2 && top.iter().all(u8::is_ascii_alphabetic)
+        {
             spans.push((start, end, Kind::Email));
             after_last = end;
         }
@@ -132,7 +128,8 @@ fn numbers(bytes: &[u8], wanted: &[Kind]) -> Vec<(usize, usize, Kind)> {
     let mut spans = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        let starts = bytes[i].is_ascii_digit() || (matches!(bytes[i], b'+' | b'(') && bytes.get(i + 1).is_some_and(u8::is_ascii_digit));
+        let starts = bytes[i].is_ascii_digit()
+            || (matches!(bytes[i], b'+' | b'(') && bytes.get(i + 1).is_some_and(u8::is_ascii_digit));
         if !starts || (i > 0 && is_word(bytes[i - 1])) {
             i += 1;
             continue;
@@ -191,7 +188,11 @@ pub fn luhn(digits: &[u8]) -> bool {
         .map(|(i, &d)| {
             let d = d as u32;
             if i % 2 == 1 {
-                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+                if d * 2 > 9 {
+                    d * 2 - 9
+                } else {
+                    d * 2
+                }
             } else {
                 d
             }
