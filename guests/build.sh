@@ -24,6 +24,7 @@ build_rust() {
     /usr/bin/cargo build --quiet --locked --release --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort \
         --manifest-path "$repo/guests/rust/Cargo.toml"
     for crate in "$repo"/guests/rust/*/Cargo.toml; do
+        grep -q cdylib "$crate" || continue # a library the guests share
         name=$(basename "$(dirname "$crate")")
         cp "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/${name//-/_}.wasm" "$out/$name.wasm"
     done
