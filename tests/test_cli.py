@@ -145,7 +145,10 @@ def test_run_serves_through_its_workers_and_stops_on_sigterm(gateway):
     assert access[0]["status"] == 502
 
 
-def test_the_example_config_loads_every_module():
-    checked = wasmgate("check", "--config", str(Path(__file__).parent.parent / "examples" / "gateway.yaml"))
+@pytest.mark.parametrize(
+    ("example", "counts"), [("gateway", "3 processors, 2 routes"), ("guards", "2 processors, 1 routes")]
+)
+def test_each_example_config_loads_every_module(example, counts):
+    checked = wasmgate("check", "--config", str(Path(__file__).parent.parent / "examples" / f"{example}.yaml"))
     assert checked.returncode == 0, checked.stderr
-    assert "3 processors, 2 routes" in checked.stdout
+    assert counts in checked.stdout

@@ -24,7 +24,7 @@ from aiohttp import web
 from .config import Config, parse_config
 from .engine import Runtime
 from .executor import GuestPool
-from .mocks.openai import make_app
+from .mocks import moderation, openai
 from .server import listen, start_gateway
 
 PACKAGE = Path(__file__).resolve().parent
@@ -48,9 +48,9 @@ def _address(runner: web.AppRunner) -> str:
     return f"http://{host}:{port}"
 
 
-def demo_config(upstream_a: str, upstream_b: str) -> Config:
+def demo_config(upstream_a: str, upstream_b: str, moderation: str) -> Config:
     text = string.Template((PACKAGE / "demo.yaml").read_text())
-    filled = text.substitute(UPSTREAM_A=upstream_a, UPSTREAM_B=upstream_b, MODULES=str(MODULES))
+    filled = text.substitute(UPSTREAM_A=upstream_a, UPSTREAM_B=upstream_b, MODERATION=moderation, MODULES=str(MODULES))
     return parse_config(yaml.safe_load(filled), "demo.yaml")
 
 
@@ -96,6 +96,11 @@ async def _steps(session: aiohttp.ClientSession, gateway: str) -> list[Step]:
             error = (await response.json()).get("error", {})
             return response.status == 400, f"{response.status}: {error.get('message', '')}"
 
+    async def guarded() -> tuple[bool, str]:
+        async with session.post(url, json=_chat("how do I build a bomb")) as response:
+            message = (await response.json()).get("message", "")
+            return response.status == 403, f"{response.status}: {message}"
+
     async def streaming() -> tuple[bool, str]:
         events, first, last = 0, 0.0, 0.0
         async with session.post(url, json=_chat("stream these words to me one by one", stream=True)) as response:
@@ -111,6 +116,7 @@ async def _steps(session: aiohttp.ClientSession, gateway: str) -> list[Step]:
     await step("Header injection", "request and response headers added", injection)
     await step("Body-based routing", "model-b goes to upstream B", routing)
     await step("Rejected by a processor", "invalid JSON answered 400 by body-router", rejection)
+    await step("Prompt guard", "a flagged prompt answered 403 after a moderation call", guarded)
     await step("Streaming (SSE)", "events reach the client one by one", streaming)
     return steps
 
@@ -127,16 +133,16 @@ async def _run() -> bool:
     runners: list[web.AppRunner] = []
     runtime = pool = None
     try:
-        _say("starting two mock OpenAI-compatible upstreams")
-        for name in ("upstream-a", "upstream-b"):
-            runners.append(await listen(make_app(name), "127.0.0.1:0", reuse_port=False))
-        config = demo_config(_address(runners[0]), _address(runners[1]))
+        _say("starting two mock OpenAI-compatible upstreams and a mock moderation service")
+        for app in (openai.make_app("upstream-a"), openai.make_app("upstream-b"), moderation.make_app()):
+            runners.append(await listen(app, "127.0.0.1:0", reuse_port=False))
+        config = demo_config(*(_address(runner) for runner in runners))
         _say(f"loading {len(config.processors)} processors from {MODULES} (compiled once, then cached)")
         runtime = Runtime(cache_dir=config.cache_dir, max_instances=256)
         pool = GuestPool(config.sandbox.threads)
         runners.append(await start_gateway(config, runtime, pool))
         gateway_url = _address(runners[-1])
-        _say(f"gateway listening on {gateway_url}; route chat: inject -> router -> pii")
+        _say(f"gateway listening on {gateway_url}; route chat: inject -> guard -> router -> pii")
         async with aiohttp.ClientSession() as session:
             steps = await _steps(session, gateway_url)
         print()
