@@ -24,6 +24,9 @@
 //! wasmgate_sdk::register!(Hello);
 //! ```
 
+// Built for the host only to unit-test the pure parts; their callers are wasm-only.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
 mod headers;
 pub mod json;
 mod traits;
