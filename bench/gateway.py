@@ -18,39 +18,14 @@ import argparse
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 
-BENCH = Path(__file__).resolve().parent
-CHAT = {"model": "m", "messages": [{"role": "user", "content": "Write to jane.doe@example.com about the plan."}]}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_up(url: str, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{process.args} exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # answering at all is up
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
+from loopback import BENCH, CHAT, free_port, stop_all, wait_until_up
 
 
 def gateway_config(directory: Path, port: int, admin: int, upstream: str) -> Path:
@@ -153,11 +128,7 @@ def main() -> None:
                 if name not in best or result["rps"] > best[name]["rps"]:
                     best[name] = result
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=10)
-        shutil.rmtree(directory, ignore_errors=True)
+        stop_all(processes, directory)
 
     print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, POST chat completion, best of {args.rounds} rounds")
     print(f"{'':30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from gateway import BENCH, CHAT, free_port, wait_until_up
+from loopback import BENCH, CHAT, free_port, stop_all, wait_until_up
 
 
 def gateway_config(directory: Path, port: int, admin: int, upstream: str, slow: str, fast: str) -> Path:
@@ -113,11 +112,7 @@ def main() -> None:
         slow_seconds, slow_ok = asyncio.run(batch(url, args.requests, "slow"))
         status = process_status(gateway.pid)
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=10)
-        shutil.rmtree(directory, ignore_errors=True)
+        stop_all(processes, directory)
 
     ideal = args.delay + fast_seconds
     print(f"{args.requests} requests at once, one worker, prompt-guard calling a moderation service")

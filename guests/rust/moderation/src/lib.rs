@@ -23,13 +23,14 @@ pub struct Guard {
     url: String,
     categories: Vec<String>,
     block: Response,
+    pending: Option<Handle>,
 }
 
 impl Guard {
     /// Reads a guard's config; `answer` names its response under `response`, with `default` when absent.
     pub fn from_config(config: &[u8], answer: &str, default: Response) -> Result<Guard, String> {
         let config = json::parse(config).map_err(|e| format!("config is not JSON: {e}"))?;
-        let mut guard = Guard { url: String::new(), categories: Vec::new(), block: default };
+        let mut guard = Guard { url: String::new(), categories: Vec::new(), block: default, pending: None };
         for (key, value) in config.as_object().ok_or("config must be an object")? {
             match key.as_str() {
                 "moderation_url" => {
@@ -63,14 +64,29 @@ impl Guard {
         Ok(guard)
     }
 
-    /// Sends `text` to the moderation service; return `Action::Pause` to wait for the verdict.
-    pub fn check(&self, text: &str) -> Result<Handle, String> {
+    /// Sends `text` to the moderation service and pauses for the verdict; nothing to check goes on.
+    pub fn moderate(&mut self, text: &str) -> Action {
+        if text.is_empty() {
+            return Action::Continue;
+        }
         let input = Json::Object(vec![("input".into(), text.into())]).to_string();
-        calls::start(&CallRequest::post(&self.url).header("content-type", "application/json").body(input))
+        let check = CallRequest::post(&self.url).header("content-type", "application/json").body(input);
+        match calls::start(&check) {
+            Ok(handle) => {
+                self.pending = Some(handle);
+                Action::Pause
+            }
+            Err(reason) => panic!("cannot call the moderation service: {reason}"),
+        }
     }
 
-    /// The guard's answer to a moderation result: its block response, or continue.
-    pub fn act_on(&self, verdict: Result<CallResponse, CallError>) -> Action {
+    /// Acts on the verdict, in the processor's `on_resume`: the block response, or continue.
+    pub fn on_resume(&mut self) -> Action {
+        let verdict = self.pending.take().expect("moderate started a check").result();
+        self.act_on(verdict)
+    }
+
+    fn act_on(&self, verdict: Result<CallResponse, CallError>) -> Action {
         let answer = match verdict {
             Ok(answer) if answer.status == 200 => answer,
             Ok(answer) => panic!("the moderation service at {} answered {}", self.url, answer.status),

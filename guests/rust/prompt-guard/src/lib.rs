@@ -4,14 +4,18 @@
 //! block response is `response.unauthorized` (403 by default).
 
 use moderation::{message_text, Guard};
-use wasmgate_sdk::calls::Handle;
 use wasmgate_sdk::json;
 use wasmgate_sdk::{Action, Phases, Processor, Response};
 
 #[derive(Default)]
 struct PromptGuard {
     guard: Option<Guard>,
-    pending: Option<Handle>,
+}
+
+impl PromptGuard {
+    fn guard(&mut self) -> &mut Guard {
+        self.guard.as_mut().expect("init ran")
+    }
 }
 
 impl Processor for PromptGuard {
@@ -28,22 +32,11 @@ impl Processor for PromptGuard {
             return Action::Continue; // not a chat request: nothing to moderate
         };
         let prompt = message_text(request.get("messages"), "user");
-        if prompt.is_empty() {
-            return Action::Continue;
-        }
-        let guard = self.guard.as_ref().expect("init ran");
-        match guard.check(&prompt) {
-            Ok(handle) => {
-                self.pending = Some(handle);
-                Action::Pause
-            }
-            Err(reason) => panic!("cannot call the moderation service: {reason}"),
-        }
+        self.guard().moderate(&prompt)
     }
 
     fn on_resume(&mut self) -> Action {
-        let verdict = self.pending.take().expect("a check was started").result();
-        self.guard.as_ref().expect("init ran").act_on(verdict)
+        self.guard().on_resume()
     }
 }
 

@@ -5,14 +5,18 @@
 //! `response.forbidden` (403 by default, as Kuadrant's `LLMResponseRiskCheckPolicy`).
 
 use moderation::{message_text, Guard};
-use wasmgate_sdk::calls::Handle;
 use wasmgate_sdk::json::{self, Json};
 use wasmgate_sdk::{response, Action, Phases, Processor, Response};
 
 #[derive(Default)]
 struct ResponseGuard {
     guard: Option<Guard>,
-    pending: Option<Handle>,
+}
+
+impl ResponseGuard {
+    fn guard(&mut self) -> &mut Guard {
+        self.guard.as_mut().expect("init ran")
+    }
 }
 
 impl Processor for ResponseGuard {
@@ -34,21 +38,11 @@ impl Processor for ResponseGuard {
         let choices = completion.get("choices").and_then(Json::as_array).unwrap_or_default();
         let messages = Json::Array(choices.iter().filter_map(|c| c.get("message")).cloned().collect());
         let answer = message_text(Some(&messages), "assistant");
-        if answer.is_empty() {
-            return Action::Continue;
-        }
-        match self.guard.as_ref().expect("init ran").check(&answer) {
-            Ok(handle) => {
-                self.pending = Some(handle);
-                Action::Pause
-            }
-            Err(reason) => panic!("cannot call the moderation service: {reason}"),
-        }
+        self.guard().moderate(&answer)
     }
 
     fn on_resume(&mut self) -> Action {
-        let verdict = self.pending.take().expect("a check was started").result();
-        self.guard.as_ref().expect("init ran").act_on(verdict)
+        self.guard().on_resume()
     }
 }
 
