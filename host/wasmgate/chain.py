@@ -97,6 +97,7 @@ class ChainRun:
         """Set when a streamed request body was stopped by a local response."""
         count = len(chain.processors)
         self._sandboxes: list[Sandbox | None] = [None] * count
+        self._checkpoints: list[bytes | None] = [None] * count
         self._dropped = [False] * count
         self._span = count  # processors [0, span) take part in the response path
         self._reached = count  # processors [0, reached) saw the request: they get the done hook
@@ -269,23 +270,20 @@ class ChainRun:
         processor = self.chain.processors[i]
         metrics = processor.metrics.hooks[hook]
         metrics.calls.inc()
-        saved = self.exchange.snapshot() if processor.failure_mode is FailureMode.FAIL_OPEN else None
+        retries = 0 if hook is Hook.DONE else processor.phase_retries
+        undoable = processor.failure_mode is FailureMode.FAIL_OPEN or retries
+        saved = self.exchange.snapshot() if undoable else None
         started = perf_counter()
         try:
-            sandbox = self._sandbox(i)
-            if processor.buffers and body is not None and len(body) > processor.memory_limit:
-                raise ProcessorFailure(
-                    Cause.MEMORY_LIMIT, f"a {len(body)}-byte body is over its {processor.memory_limit}-byte quota"
-                )
-            action = sandbox.run(hook, self.exchange, body, end)
-            while action == Action.PAUSE:
-                if not sandbox.calls.started:
-                    raise AbiViolation("the hook returned pause with nothing to wait for")
-                yield sandbox  # its calls run on the event loop; a failure meanwhile is thrown in here
-                action = sandbox.resume(hook)
-            local = None if hook is Hook.DONE else _judge(sandbox, action)
-        except ProcessorFailure as failure:
-            return self._failed(i, hook, failure.locate(processor.name, hook.phase), saved, body)
+            for retries_left in range(retries, -1, -1):
+                try:
+                    sandbox, local = yield from self._attempt(i, hook, body, end)
+                    break
+                except ProcessorFailure as failure:
+                    failure.locate(processor.name, hook.phase)
+                    if not retries_left or failure.cause not in RETRIED_CAUSES:
+                        return self._failed(i, hook, failure, saved, body)
+                    self._retry(i, hook, failure, saved)
         finally:
             elapsed = perf_counter() - started
             metrics.seconds.observe(elapsed)
@@ -299,6 +297,37 @@ class ChainRun:
             self.outcomes[processor.name].result = "continue"
         return (body if sandbox.replaced_body is None else sandbox.replaced_body), None
 
+    def _attempt(
+        self, i: int, hook: Hook, body: bytes | None, end: bool
+    ) -> Steps[tuple[Sandbox, LocalResponse | None]]:
+        """One try of a hook, pauses included; raises ``ProcessorFailure``."""
+        processor = self.chain.processors[i]
+        sandbox = self._sandbox(i)
+        if processor.buffers and body is not None and len(body) > processor.memory_limit:
+            raise ProcessorFailure(
+                Cause.MEMORY_LIMIT, f"a {len(body)}-byte body is over its {processor.memory_limit}-byte quota"
+            )
+        action = sandbox.run(hook, self.exchange, body, end)
+        while action == Action.PAUSE:
+            if not sandbox.calls.started:
+                raise AbiViolation("the hook returned pause with nothing to wait for")
+            yield sandbox  # its calls run on the event loop; a failure meanwhile is thrown in here
+            action = sandbox.resume(hook)
+        return sandbox, None if hook is Hook.DONE else _judge(sandbox, action)
+
+    def _retry(self, i: int, hook: Hook, failure: ProcessorFailure, saved: Any) -> None:
+        """Undoes a failed try of a phase; the next try gets a fresh instance and the checkpoint."""
+        processor = self.chain.processors[i]
+        processor.metrics.hooks[hook].retried.inc()
+        log.warning(
+            "%s (request %s, trying the phase again)",
+            failure,
+            self.exchange.facts.request_id,
+            extra={"processor": processor.name, "cause": failure.cause.value},
+        )
+        self._discard(i)
+        self.exchange.restore(saved)
+
     def _sandbox(self, i: int) -> Sandbox:
         """The processor's sandbox for this request, started on first use."""
         sandbox = self._sandboxes[i]
@@ -306,6 +335,7 @@ class ChainRun:
             processor = self.chain.processors[i]
             try:
                 sandbox = Sandbox(self.runtime, processor)
+                sandbox.checkpoint = self._checkpoints[i]
                 sandbox.init(processor.config_json)
                 request_id = self.exchange.facts.request_id
                 sandbox.calls = CallLedger(
@@ -322,10 +352,7 @@ class ChainRun:
         processor = self.chain.processors[i]
         processor.metrics.hooks[Hook[failure.phase.upper()]].error(failure.cause)
         self.outcomes[processor.name].result = f"error:{failure.cause.value}"
-        sandbox = self._sandboxes[i]
-        if sandbox is not None:
-            sandbox.close()
-            self._sandboxes[i] = None
+        self._discard(i)
         self._dropped[i] = True
         mode = processor.failure_mode
         log.warning(
@@ -353,6 +380,14 @@ class ChainRun:
         )
 
     # -- helpers -------------------------------------------------------------
+
+    def _discard(self, i: int) -> None:
+        """Frees processor ``i``'s sandbox after a failure, keeping its checkpoint for a later one."""
+        sandbox = self._sandboxes[i]
+        if sandbox is not None:
+            self._checkpoints[i] = sandbox.checkpoint
+            sandbox.close()
+            self._sandboxes[i] = None
 
     def _replace(self, response: LocalResponse) -> None:
         self.exchange.set_response(response.status, CIMultiDict(response.headers))
@@ -389,6 +424,10 @@ class ChainRun:
                 self.chain.processors[i].metrics.note_memory(sandbox.peak_memory)
                 sandbox.close()
                 self._sandboxes[i] = None
+
+
+RETRIED_CAUSES = frozenset({Cause.TRAP, Cause.TIMEOUT, Cause.MEMORY_LIMIT})
+"""Failures a fresh instance may not repeat; a refused config or a broken ABI it would."""
 
 
 def _judge(sandbox: Sandbox, action: int) -> LocalResponse | None:

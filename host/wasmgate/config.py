@@ -168,6 +168,9 @@ class ProcessorConfig(_Model):
     timeouts: Timeouts = Timeouts()
     memory_limit: Size = 16 * 2**20
     subrequests: SubrequestConfig = SubrequestConfig()
+    phase_retries: int = Field(0, ge=0, le=3)
+    """Tries of a phase again, on a fresh instance, after a trap, timeout or memory_limit failure;
+    the processor's checkpoint carries over. Then the failure mode applies."""
 
     @model_validator(mode="after")
     def _fallback_given(self) -> ProcessorConfig:

@@ -35,6 +35,7 @@ MAX_LOG_LINES = 100
 MAX_LOG_BYTES = 4096
 MAX_HEADER_BYTES = 64 * 1024
 """Bounds each header map a guest can grow, so a guest cannot grow the host."""
+MAX_CHECKPOINT_BYTES = 64 * 1024
 
 _LOG_LEVELS = {
     LogLevel.TRACE: logging.DEBUG,
@@ -319,6 +320,22 @@ def call_result(sandbox: Sandbox, memory: GuestMemory, handle: int, retptr: int)
     else:
         area = struct.pack("<BxxxBxxx", 1, call.result)
     memory.write_aligned(retptr, area, "call-result's result")
+
+
+@host_call("set-checkpoint", "ii")
+def set_checkpoint(sandbox: Sandbox, memory: GuestMemory, ptr: int, length: int) -> None:
+    if length > MAX_CHECKPOINT_BYTES:
+        raise ProcessorFailure(Cause.MEMORY_LIMIT, f"set-checkpoint: {length} bytes, more than {MAX_CHECKPOINT_BYTES}")
+    sandbox.checkpoint = memory.read(ptr, length, "set-checkpoint's data")
+
+
+@host_call("get-checkpoint", "i")
+def get_checkpoint(sandbox: Sandbox, memory: GuestMemory, retptr: int) -> None:
+    data = sandbox.checkpoint
+    if data is None:
+        memory.write_u32s(retptr, (0,), "get-checkpoint's return area")
+    else:
+        memory.write_u32s(retptr, (1, memory.alloc(data, "get-checkpoint"), len(data)), "get-checkpoint's return area")
 
 
 @host_call("log", "iii")

@@ -31,6 +31,11 @@ HOOK_OUTCOMES = Counter(
     "wasmgate_processor_outcomes", "Hook outcomes: continue, respond or error.", ["processor", "phase", "outcome"]
 )
 HOOK_ERRORS = Counter("wasmgate_processor_errors", "Hook failures by cause.", ["processor", "phase", "cause"])
+PHASE_RETRIES = Counter(
+    "wasmgate_processor_phase_retries",
+    "Phases tried again on a fresh instance after a failure.",
+    ["processor", "phase"],
+)
 HOOK_SECONDS = Histogram(
     "wasmgate_processor_duration_seconds",
     "Time a hook took, sandbox start included.",
@@ -113,7 +118,7 @@ class ProcessorMetrics:
 class HookMetrics:
     """The metric children of one processor in one phase."""
 
-    __slots__ = ("calls", "continued", "responded", "failed", "seconds", "_errors", "_labels")
+    __slots__ = ("calls", "continued", "responded", "failed", "retried", "seconds", "_errors", "_labels")
 
     def __init__(self, processor: str, hook: Hook) -> None:
         labels = (processor, hook.phase)
@@ -122,6 +127,7 @@ class HookMetrics:
         self.continued = HOOK_OUTCOMES.labels(*labels, "continue")
         self.responded = HOOK_OUTCOMES.labels(*labels, "respond")
         self.failed = HOOK_OUTCOMES.labels(*labels, "error")
+        self.retried = PHASE_RETRIES.labels(*labels)
         self.seconds = HOOK_SECONDS.labels(*labels)
         self._errors: dict[Cause, Counter] = {}
 

@@ -35,6 +35,7 @@ class Processor:
     deadline_ticks: dict[Hook, int]
     memory_limit: int
     subrequests: SubrequestConfig
+    phase_retries: int
     guest_metrics: GuestMetrics
     metrics: ProcessorMetrics
 
@@ -70,6 +71,7 @@ def build_processor(runtime: Runtime, spec: ProcessorConfig, module: CompiledMod
         deadline_ticks={hook: runtime.ticks(seconds) for hook, seconds in timeouts.items()},
         memory_limit=spec.memory_limit,
         subrequests=spec.subrequests,
+        phase_retries=spec.phase_retries,
         guest_metrics=GuestMetrics(spec.name),
         metrics=ProcessorMetrics(spec.name),
     )

@@ -59,6 +59,7 @@ class Sandbox:
         "peak_memory",
         "log_lines",
         "calls",
+        "checkpoint",
         "phase_deadline",
         "_runtime",
         "_store",
@@ -81,6 +82,7 @@ class Sandbox:
         self.peak_memory = 0
         self.log_lines = 0
         self.calls: CallLedger | None = None  # set when the sandbox serves a request
+        self.checkpoint: bytes | None = None  # the processor's, in this request: it outlives a failed instance
         self.phase_deadline = 0.0  # time.monotonic() when the running phase must be over
         self._runtime = runtime
         self._memory: object | None = None  # byref of the instance's memory

@@ -45,6 +45,10 @@ mod raw {
         );
         #[link_name = "call-result"]
         pub fn call_result(handle: i32, ret: *mut u32);
+        #[link_name = "set-checkpoint"]
+        pub fn set_checkpoint(data: *const u8, len: usize);
+        #[link_name = "get-checkpoint"]
+        pub fn get_checkpoint(ret: *mut u32);
         #[link_name = "log"]
         pub fn log(level: i32, message: *const u8, len: usize);
         #[link_name = "define-metric"]
@@ -206,6 +210,18 @@ pub fn call_result(handle: u32) -> Result<CallResponse, CallError> {
             headers: Headers::from_msgpack(&headers).unwrap_or_default(),
             body: take_bytes(ret[4], ret[5]),
         })
+    }
+}
+
+pub fn set_checkpoint(data: &[u8]) {
+    unsafe { raw::set_checkpoint(data.as_ptr(), data.len()) }
+}
+
+pub fn checkpoint() -> Option<Vec<u8>> {
+    let mut ret = [0u32; 3];
+    unsafe {
+        raw::get_checkpoint(ret.as_mut_ptr());
+        (ret[0] & 0xff == 1).then(|| take_bytes(ret[1], ret[2]))
     }
 }
 

@@ -6,6 +6,15 @@ use crate::Headers;
 
 pub use crate::hostcalls::replace_body;
 
+/// Records a small checkpoint (at most 64 KiB) of this processor's progress in
+/// this request. If the phase fails and the gateway tries it again
+/// (`phase_retries`), the fresh instance reads it with [`checkpoint`] and can
+/// go on from there.
+pub use crate::hostcalls::set_checkpoint;
+
+/// The last checkpoint this processor recorded in this request, in `init` or any hook.
+pub use crate::hostcalls::checkpoint;
+
 pub fn info() -> RequestInfo {
     hostcalls::request_info()
 }

@@ -1,0 +1,76 @@
+"""Phase retries: a failed phase is tried again on a fresh instance, which sees the processor's checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prometheus_client import REGISTRY
+
+from wasmgate.failures import Cause, ProcessorFailure
+
+from .conftest import drive, make_processor
+from .wat import guest
+
+TRAP_ONCE = guest(
+    phases=1,
+    request_headers="""
+        i32.const 512 call $get-checkpoint
+        i32.const 512 i32.load8_u
+        if (result i32)
+          i32.const 0 {s:checkpoint-header} i32.const 516 i32.load i32.const 520 i32.load call $set-header
+          i32.const 0
+        else
+          i32.const 0 {s:first-try-header} {s:yes} call $set-header
+          {s:step} call $set-checkpoint
+          unreachable
+        end""",
+    strings={"checkpoint-header": "x-checkpoint", "first-try-header": "x-first-try", "yes": "yes", "step": "step-1"},
+)
+
+
+def retries_of(processor) -> float:
+    labels = {"processor": processor.name, "phase": "request_headers"}
+    return REGISTRY.get_sample_value("wasmgate_processor_phase_retries_total", labels) or 0.0
+
+
+async def test_a_retried_phase_sees_the_checkpoint_of_the_failed_try(runtime, pool):
+    processor = make_processor(runtime, TRAP_ONCE, phase_retries=1)
+    driven = await drive(runtime, pool, [processor])
+    assert driven.reached_upstream
+    assert driven.upstream_headers["x-checkpoint"] == "step-1"
+    assert retries_of(processor) == 1
+
+
+async def test_what_the_failed_try_changed_is_undone_before_the_retry(runtime, pool):
+    processor = make_processor(runtime, TRAP_ONCE, phase_retries=1)
+    driven = await drive(runtime, pool, [processor])
+    assert "x-first-try" not in driven.upstream_headers
+
+
+async def test_without_phase_retries_the_failure_mode_applies_at_once(runtime, pool):
+    processor = make_processor(runtime, TRAP_ONCE)
+    driven = await drive(runtime, pool, [processor])
+    assert (driven.status, json.loads(driven.body)["error"]["cause"]) == (503, "trap")
+    assert retries_of(processor) == 0
+
+
+async def test_a_phase_that_keeps_failing_is_tried_phase_retries_times_more(runtime, pool):
+    processor = make_processor(runtime, guest(phases=1, request_headers="unreachable"), phase_retries=2)
+    driven = await drive(runtime, pool, [processor])
+    assert driven.status == 503
+    assert retries_of(processor) == 2
+
+
+async def test_an_abi_violation_is_not_tried_again(runtime, pool):
+    processor = make_processor(runtime, guest(phases=1, request_headers="i32.const 7"), phase_retries=2)
+    driven = await drive(runtime, pool, [processor])
+    assert json.loads(driven.body)["error"]["cause"] == "abi_violation"
+    assert retries_of(processor) == 0
+
+
+def test_a_checkpoint_over_64_kib_fails_with_memory_limit(runtime):
+    too_big = guest(init="i32.const 0 i32.const 70000 call $set-checkpoint i32.const 0")
+    with pytest.raises(ProcessorFailure) as raised:
+        make_processor(runtime, too_big)
+    assert raised.value.cause is Cause.MEMORY_LIMIT
