@@ -25,8 +25,13 @@ CALL_FAILED, ERROR_STATUS = 599, 590
 TIMEOUT, CONNECT, DENIED, TOO_LARGE, CANCELLED = range(5)
 
 
-def caller(url: str, calls: int = 1, method: str = "GET", body: bytes = b"", timeout_ms: int = 0) -> bytes:
-    """A guest that starts ``calls`` calls in request_headers, pauses, and answers with the first call's outcome."""
+def caller(
+    url: str, calls: int = 1, method: str = "GET", body: bytes = b"", timeout_ms: int = 0, on_resume: str = ""
+) -> bytes:
+    """A guest that starts ``calls`` calls in request_headers, pauses, and answers with the first call's outcome.
+
+    ``on_resume`` runs first in on-resume.
+    """
     start = "".join(
         f"{{s:method}} {{s:url}} i32.const 0 i32.const 0 {{s:body}} i32.const {timeout_ms} i32.const {512 + 16 * k} "
         "call $call "
@@ -42,7 +47,7 @@ def caller(url: str, calls: int = 1, method: str = "GET", body: bytes = b"", tim
         else
           i32.const 2
         end"""
-    resume = f"""
+    resume = f"""{on_resume}
         i32.const 516 i32.load i32.const 768 call $call-result
         i32.const 768 i32.load8_u
         if (result i32)
@@ -292,3 +297,18 @@ async def test_calls_are_counted_by_origin_and_outcome(runtime, pool, service):
     assert REGISTRY.get_sample_value("wasmgate_subrequests_total", denied) == 1.0
     timed = {"processor": processor.name, "origin": service.url}
     assert REGISTRY.get_sample_value("wasmgate_subrequest_duration_seconds_count", timed) == 1.0
+
+
+async def test_a_retried_phase_makes_its_calls_again_under_the_same_idempotency_keys(runtime, pool, service):
+    trap_on_first_resume = """
+        i32.const 900 call $get-checkpoint
+        i32.const 900 i32.load8_u i32.eqz
+        if i32.const 0 i32.const 1 call $set-checkpoint unreachable end"""
+    processor = make_processor(
+        runtime, caller(f"{service.url}/echo", on_resume=trap_on_first_resume), phase_retries=1, **calls_to(service.url)
+    )
+    driven = await drive(runtime, pool, [processor])
+    assert driven.status == 201
+    keys = [seen["headers"]["Idempotency-Key"] for seen in service.seen]
+    assert len(keys) == 2
+    assert keys[0] == keys[1]

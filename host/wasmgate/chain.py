@@ -98,6 +98,7 @@ class ChainRun:
         count = len(chain.processors)
         self._sandboxes: list[Sandbox | None] = [None] * count
         self._checkpoints: list[bytes | None] = [None] * count
+        self._ledgers: list[CallLedger | None] = [None] * count
         self._dropped = [False] * count
         self._span = count  # processors [0, span) take part in the response path
         self._reached = count  # processors [0, reached) saw the request: they get the done hook
@@ -273,6 +274,7 @@ class ChainRun:
         retries = 0 if hook is Hook.DONE else processor.phase_retries
         undoable = processor.failure_mode is FailureMode.FAIL_OPEN or retries
         saved = self.exchange.snapshot() if undoable else None
+        calls_before = self._ledger(i).mark()
         started = perf_counter()
         try:
             for retries_left in range(retries, -1, -1):
@@ -284,6 +286,7 @@ class ChainRun:
                     if not retries_left or failure.cause not in RETRIED_CAUSES:
                         return self._failed(i, hook, failure, saved, body)
                     self._retry(i, hook, failure, saved)
+                    self._ledger(i).rewind(calls_before)
         finally:
             elapsed = perf_counter() - started
             metrics.seconds.observe(elapsed)
@@ -336,11 +339,8 @@ class ChainRun:
             try:
                 sandbox = Sandbox(self.runtime, processor)
                 sandbox.checkpoint = self._checkpoints[i]
+                sandbox.calls = self._ledger(i)
                 sandbox.init(processor.config_json)
-                request_id = self.exchange.facts.request_id
-                sandbox.calls = CallLedger(
-                    processor.subrequests, processor.metrics.subrequests, processor.name, request_id
-                )
             except ProcessorFailure as failure:
                 raise failure.locate(processor.name, Hook.INIT.phase) from None
             self._sandboxes[i] = sandbox
@@ -380,6 +380,15 @@ class ChainRun:
         )
 
     # -- helpers -------------------------------------------------------------
+
+    def _ledger(self, i: int) -> CallLedger:
+        """Processor ``i``'s calls in this request, numbered across its instances."""
+        ledger = self._ledgers[i]
+        if ledger is None:
+            processor, request_id = self.chain.processors[i], self.exchange.facts.request_id
+            ledger = CallLedger(processor.subrequests, processor.metrics.subrequests, processor.name, request_id)
+            self._ledgers[i] = ledger
+        return ledger
 
     def _discard(self, i: int) -> None:
         """Frees processor ``i``'s sandbox after a failure, keeping its checkpoint for a later one."""

@@ -127,6 +127,16 @@ class CallLedger:
         started, self._started = self._started, []
         return [call for call in started if call.result is None]
 
+    def mark(self) -> int:
+        """Where the calls stand, for ``rewind``."""
+        return len(self._calls)
+
+    def rewind(self, mark: int) -> None:
+        """Forgets the calls since ``mark``: a phase tried again makes them again, under the same numbers and keys."""
+        for handle in range(mark + 1, len(self._calls) + 1):
+            del self._calls[handle]
+        self._started = []
+
     def finished(self, handle: int) -> Call | None:
         call = self._calls.get(handle)
         return call if call is not None and call.result is not None else None
