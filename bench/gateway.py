@@ -3,13 +3,14 @@
     python bench/gateway.py [--seconds 10] [--connections 32] [--rounds 2]
 
 Starts, on loopback: the mock OpenAI upstream; bench/baseline_proxy.py in
-front of it; and wasmgate (one worker) in front of it with a three-processor
-chain: header-inject (request and response headers), pii-redact (on the
-buffered request body) and a response-body processor (passthrough asking for
-response bodies only). wrk (Debian's) sends the same chat request with an
-e-mail address in it through each, in alternating rounds; the best round of
-each is reported, with the ratio of the gateway's throughput to the
-baseline's.
+front of it; and two wasmgates (one worker each) in front of it with a
+three-processor chain: header-inject (request and response headers),
+pii-redact (on the buffered request body) and a response-body processor
+(passthrough asking for response bodies only), one with fresh instances per
+request (the default) and one with pooled instances. wrk (Debian's) sends the
+same chat request with an e-mail address in it through each, in alternating
+rounds; the best round of each is reported, with the ratio of each gateway's
+throughput to the baseline's.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import yaml
 from loopback import BENCH, CHAT, free_port, stop_all, wait_until_up
 
 
-def gateway_config(directory: Path, port: int, admin: int, upstream: str) -> Path:
+def gateway_config(directory: Path, port: int, admin: int, upstream: str, instances: str) -> Path:
     config = {
         "listen": f"127.0.0.1:{port}",
         "admin_listen": f"127.0.0.1:{admin}",
@@ -38,17 +39,23 @@ def gateway_config(directory: Path, port: int, admin: int, upstream: str) -> Pat
             {
                 "name": "inject",
                 "module": "header-inject",
+                "instances": instances,
                 "config": {
                     "request": {"add": {"x-gateway": "bench"}},
                     "response": {"add": {"x-served-by": "wasmgate"}},
                 },
             },
-            {"name": "pii", "module": "pii-redact", "body": "buffer"},
-            {"name": "meter", "module": "passthrough", "config": {"phases": ["response_body"]}},
+            {"name": "pii", "module": "pii-redact", "body": "buffer", "instances": instances},
+            {
+                "name": "meter",
+                "module": "passthrough",
+                "instances": instances,
+                "config": {"phases": ["response_body"]},
+            },
         ],
         "routes": [{"name": "chat", "upstream": upstream, "processors": ["inject", "pii", "meter"]}],
     }
-    path = directory / "gateway.yaml"
+    path = directory / f"gateway-{instances}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -90,7 +97,7 @@ def main() -> None:
         'wrk.headers["Content-Type"] = "application/json"\n'
         f"wrk.body = {json.dumps(json.dumps(CHAT))}\n"
     )
-    upstream_port, baseline_port, gateway_port, admin_port = (free_port() for _ in range(4))
+    upstream_port, baseline_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     python = sys.executable
     processes = [
@@ -98,24 +105,17 @@ def main() -> None:
         subprocess.Popen(
             [python, str(BENCH / "baseline_proxy.py"), "--port", str(baseline_port), "--upstream", upstream]
         ),
-        subprocess.Popen(
-            [
-                python,
-                "-m",
-                "wasmgate",
-                "run",
-                "--workers",
-                "1",
-                "--config",
-                str(gateway_config(directory, gateway_port, admin_port, upstream)),
-            ],
-            stderr=subprocess.DEVNULL,
-        ),
     ]
-    targets = {
-        "aiohttp pass-through proxy": f"http://127.0.0.1:{baseline_port}/v1/chat/completions",
-        "wasmgate, 3-processor chain": f"http://127.0.0.1:{gateway_port}/v1/chat/completions",
-    }
+    targets = {"aiohttp pass-through proxy": f"http://127.0.0.1:{baseline_port}/v1/chat/completions"}
+    for instances in ("fresh", "pooled"):
+        port, admin = free_port(), free_port()
+        config = gateway_config(directory, port, admin, upstream, instances)
+        processes.append(
+            subprocess.Popen(
+                [python, "-m", "wasmgate", "run", "--workers", "1", "--config", str(config)], stderr=subprocess.DEVNULL
+            )
+        )
+        targets[f"wasmgate, 3 processors, {instances}"] = f"http://127.0.0.1:{port}/v1/chat/completions"
     try:
         for process, url in zip(processes, [f"{upstream}/v1/models", *targets.values()], strict=True):
             wait_until_up(url, process)
@@ -131,11 +131,13 @@ def main() -> None:
         stop_all(processes, directory)
 
     print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, POST chat completion, best of {args.rounds} rounds")
-    print(f"{'':30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    print(f"{'':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'ratio':>6}")
+    baseline = best["aiohttp pass-through proxy"]["rps"]
     for name, result in best.items():
-        print(f"{name:30} {result['rps']:9.0f} {result['p50']:8.2f} {result['p99']:8.2f} {result['errors']:8.0f}")
-    baseline, gateway = best.values()
-    print(f"throughput ratio (wasmgate / baseline): {gateway['rps'] / baseline['rps']:.2f}")
+        print(
+            f"{name:34} {result['rps']:9.0f} {result['p50']:8.2f} {result['p99']:8.2f} {result['errors']:8.0f}"
+            f" {result['rps'] / baseline:6.2f}"
+        )
 
 
 if __name__ == "__main__":

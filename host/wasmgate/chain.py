@@ -336,11 +336,15 @@ class ChainRun:
         sandbox = self._sandboxes[i]
         if sandbox is None:
             processor = self.chain.processors[i]
+            sandbox = processor.pool.take() if processor.pool is not None else None
+            started = sandbox is None
             try:
-                sandbox = Sandbox(self.runtime, processor)
+                if started:
+                    sandbox = Sandbox(self.runtime, processor)
                 sandbox.checkpoint = self._checkpoints[i]
                 sandbox.calls = self._ledger(i)
-                sandbox.init(processor.config_json)
+                if started:  # a pooled instance was initialized once, when it started
+                    sandbox.init(processor.config_json)
             except ProcessorFailure as failure:
                 raise failure.locate(processor.name, Hook.INIT.phase) from None
             self._sandboxes[i] = sandbox
@@ -428,10 +432,13 @@ class ChainRun:
         return None
 
     def _close(self) -> None:
+        """The request is over: its sandboxes go back to their pools, or are discarded."""
         for i, sandbox in enumerate(self._sandboxes):
             if sandbox is not None:
-                self.chain.processors[i].metrics.note_memory(sandbox.peak_memory)
-                sandbox.close()
+                processor = self.chain.processors[i]
+                processor.metrics.note_memory(sandbox.peak_memory)
+                if processor.pool is None or not processor.pool.give_back(sandbox):
+                    sandbox.close()
                 self._sandboxes[i] = None
 
 

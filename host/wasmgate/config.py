@@ -157,6 +157,22 @@ class SubrequestConfig(_Model):
     """Before the first retry; doubled before each next one."""
 
 
+class InstanceMode(enum.StrEnum):
+    FRESH = "fresh"
+    POOLED = "pooled"
+
+
+class PoolConfig(_Model):
+    """How a pooled processor keeps and recycles its instances."""
+
+    size: int = Field(8, ge=1, le=1024)
+    """Idle initialized instances kept, at most; more are made when all are busy."""
+    max_requests: int = Field(1000, ge=1)
+    """An instance is recycled after serving this many requests."""
+    max_memory: Size | None = None
+    """An instance whose memory has grown past this is recycled; by default, only a failure recycles it."""
+
+
 class ProcessorConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     module: str = Field(min_length=1)
@@ -168,6 +184,10 @@ class ProcessorConfig(_Model):
     timeouts: Timeouts = Timeouts()
     memory_limit: Size = 16 * 2**20
     subrequests: SubrequestConfig = SubrequestConfig()
+    instances: InstanceMode = InstanceMode.FRESH
+    """fresh: a new instance per request. pooled: initialized instances serve one request
+    at a time, again and again (state may persist between requests of this processor)."""
+    pool: PoolConfig = PoolConfig()
     phase_retries: int = Field(0, ge=0, le=3)
     """Tries of a phase again, on a fresh instance, after a trap, timeout or memory_limit failure;
     the processor's checkpoint carries over. Then the failure mode applies."""

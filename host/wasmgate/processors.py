@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .abi import PHASE_OF_HOOK, Hook, Phases
-from .config import BodyMode, Config, ConfigError, FailureMode, ProcessorConfig, SubrequestConfig
+from .config import BodyMode, Config, ConfigError, FailureMode, InstanceMode, ProcessorConfig, SubrequestConfig
 from .engine import CompiledModule, ModuleError, Runtime
 from .exchange import LocalResponse
 from .failures import ProcessorFailure
+from .instances import SandboxPool
 from .metrics import GuestMetrics, ProcessorMetrics
 from .sandbox import Sandbox
 
@@ -36,6 +37,8 @@ class Processor:
     memory_limit: int
     subrequests: SubrequestConfig
     phase_retries: int
+    pool: SandboxPool | None
+    """Idle instances for ``instances: pooled``; None for fresh instances."""
     guest_metrics: GuestMetrics
     metrics: ProcessorMetrics
 
@@ -72,6 +75,7 @@ def build_processor(runtime: Runtime, spec: ProcessorConfig, module: CompiledMod
         memory_limit=spec.memory_limit,
         subrequests=spec.subrequests,
         phase_retries=spec.phase_retries,
+        pool=SandboxPool(spec.pool) if spec.instances is InstanceMode.POOLED else None,
         guest_metrics=GuestMetrics(spec.name),
         metrics=ProcessorMetrics(spec.name),
     )

@@ -61,6 +61,7 @@ class Sandbox:
         "calls",
         "checkpoint",
         "phase_deadline",
+        "requests_served",
         "_runtime",
         "_store",
         "_instance",
@@ -84,6 +85,7 @@ class Sandbox:
         self.calls: CallLedger | None = None  # set when the sandbox serves a request
         self.checkpoint: bytes | None = None  # the processor's, in this request: it outlives a failed instance
         self.phase_deadline = 0.0  # time.monotonic() when the running phase must be over
+        self.requests_served = 0  # by a pooled instance
         self._runtime = runtime
         self._memory: object | None = None  # byref of the instance's memory
         self._funcs: dict[bytes, object] = {}  # byref of each function called
@@ -115,6 +117,15 @@ class Sandbox:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+    def end_request(self) -> None:
+        """Forgets the request it served, before a pooled instance serves another."""
+        self.exchange = None
+        self.calls = None
+        self.checkpoint = None
+        self.replaced_body = None
+        self.local_response = None
+        self.log_lines = 0
 
     def memory(self, caller_context: int | None = None) -> GuestMemory:
         """A view of guest memory: for the host between calls, or for a host call on its caller's context."""
@@ -197,7 +208,7 @@ class Sandbox:
     def check_held_bytes(self) -> None:
         """Fails the processor when its guest memory and what the host holds for it pass its quota."""
         held = self.calls.held_bytes if self.calls is not None else 0
-        total, limit, mib = self._memory_size() + held, self.processor.memory_limit, 1 << 20
+        total, limit, mib = self.memory_size() + held, self.processor.memory_limit, 1 << 20
         if total > limit:
             self.close()
             detail = f"guest memory and {held / mib:.1f} MiB of sub-requests make {total / mib:.1f} MiB"
@@ -232,11 +243,11 @@ class Sandbox:
 
     # -- failures ------------------------------------------------------------
 
-    def _memory_size(self) -> int:
+    def memory_size(self) -> int:
         return ffi.memory_size(self._store.context, self._memory) if self._memory is not None else 0
 
     def _check_memory(self) -> None:
-        size = self._memory_size()
+        size = self.memory_size()
         self.peak_memory = max(self.peak_memory, size)
         if size > self.processor.memory_limit:
             self.close()
@@ -255,7 +266,7 @@ class Sandbox:
         unwound = isinstance(error, (ffi.WasmTrap, ffi.WasmError))
         failure = self.fault if unwound and self.fault is not None else error
         if isinstance(failure, (ffi.WasmTrap, ffi.WasmError)):
-            size = self._memory_size()
+            size = self.memory_size()
             self.peak_memory = max(self.peak_memory, size)
             limit = self.processor.memory_limit
             if isinstance(failure, ffi.WasmTrap) and failure.code == ffi.TRAP_INTERRUPT:
