@@ -71,7 +71,7 @@ def main() -> None:
     exchange.set_response(200, CIMultiDict({"content-type": "application/json"}))
     body = b'{"model":"m","messages":[{"role":"user","content":"hello"}]}'
     gc.freeze()  # as the server does once loaded: long-lived objects leave the collector's work
-    print(f"module {args.module.name}: phases {processor.phases!r}")
+    print(f"module {args.module.name}: hooks {sorted(hook.phase for hook in processor.hooks)}")
 
     def bare() -> None:
         Sandbox(runtime, processor).close()

@@ -165,8 +165,9 @@ class InstanceMode(enum.StrEnum):
 class PoolConfig(_Model):
     """How a pooled processor keeps and recycles its instances."""
 
-    size: int = Field(8, ge=1, le=1024)
-    """Idle initialized instances kept, at most; more are made when all are busy."""
+    size: int = Field(32, ge=1, le=1024)
+    """Idle initialized instances kept, at most; more are made when all are busy, so size it
+    to the requests a worker serves at once."""
     max_requests: int = Field(1000, ge=1)
     """An instance is recycled after serving this many requests."""
     max_memory: Size | None = None

@@ -23,7 +23,7 @@ from .config import UpstreamConfig
 from .engine import Runtime
 from .exchange import MANAGED, Exchange, LocalResponse, RequestFacts
 from .executor import GuestPool
-from .metrics import REQUEST_SECONDS, REQUESTS, UPSTREAM_SECONDS
+from .metrics import REQUESTS
 from .routing import Route, match, upstream_url
 from .subrequests import DEPTH_HEADER, CallClient
 
@@ -73,7 +73,7 @@ class Gateway:
             return _error(404, "no_route", f"no route matches {request.method} {request.path}")
         depth = _depth(request.headers)
         if depth is None or depth > self._max_depth:
-            REQUESTS.labels(route.name, "508").inc()
+            route.metrics.served(508)
             return _error(508, "loop_detected", f"{DEPTH_HEADER} must be a number of at most {self._max_depth}")
         request_id = request.headers.get("x-request-id") or new_request_id()
         client = request.remote or ""
@@ -89,9 +89,9 @@ class Gateway:
         finally:
             await run.finish()
             status = response.status if response is not None else 499  # the client went away
-            REQUESTS.labels(route.name, str(status)).inc()
+            route.metrics.served(status)
             elapsed = time.perf_counter() - started
-            REQUEST_SECONDS.labels(route.name).observe(elapsed)
+            route.metrics.seconds.observe(elapsed)
             _log_access(facts, status, elapsed, run)
 
     async def _proxy(self, request: web.Request, route: Route, run: ChainRun) -> web.StreamResponse:
@@ -121,7 +121,7 @@ class Gateway:
         except aiohttp.ClientError as failure:
             error = _gateway_error(502, "upstream_unavailable", f"{exchange.upstream}: {failure}")
             return await _answer(request, run, await run.respond_locally(error))
-        UPSTREAM_SECONDS.labels(route.name).observe(time.perf_counter() - sent)
+        route.metrics.upstream_seconds.observe(time.perf_counter() - sent)
 
         async with upstream:
             final = await run.process_response(

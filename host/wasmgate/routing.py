@@ -9,6 +9,7 @@ import yarl
 
 from .chain import Chain
 from .config import RouteConfig
+from .metrics import RouteMetrics
 from .processors import Processor
 
 
@@ -22,6 +23,7 @@ class Route:
     chain: Chain
     tenant: str
     timeout: float
+    metrics: RouteMetrics
 
     def matches(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
         return (
@@ -42,6 +44,7 @@ def build_routes(routes: Sequence[RouteConfig], processors: Mapping[str, Process
             chain=Chain([processors[name] for name in route.processors]),
             tenant=route.tenant,
             timeout=route.timeout,
+            metrics=RouteMetrics(route.name),
         )
         for route in routes
     ]
