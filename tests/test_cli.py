@@ -152,3 +152,17 @@ def test_each_example_config_loads_every_module(example, counts):
     checked = wasmgate("check", "--config", str(Path(__file__).parent.parent / "examples" / f"{example}.yaml"))
     assert checked.returncode == 0, checked.stderr
     assert counts in checked.stdout
+
+
+def test_sighup_reloads_every_worker(gateway):
+    _, admin, process = gateway
+    process.send_signal(signal.SIGHUP)
+    applied = 'wasmgate_reloads_total{result="applied"} 2.0'  # one per worker, added up
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if applied in get(f"{admin}/metrics")[1].decode().splitlines():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the workers did not reload after SIGHUP")
+    assert get(f"{admin}/readyz")[0] == 200

@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure()
     config = _load(args.config)
     try:
-        run(config, args.workers or os.cpu_count() or 1)
+        run(config, args.workers or os.cpu_count() or 1, Path(args.config))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

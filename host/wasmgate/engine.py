@@ -41,6 +41,10 @@ _HOOK_SIGNATURES: dict[Hook, tuple[tuple[str, ...], tuple[str, ...]]] = {
 _REALLOC_SIGNATURE = ((_I32, _I32, _I32, _I32), (_I32,))
 
 
+MAX_LINKED = 64
+"""Linked modules kept in memory, so a reload links only what changed."""
+
+
 class ModuleError(Exception):
     """A module that cannot serve as a processor, and why."""
 
@@ -71,6 +75,7 @@ class Runtime:
         self._linker = wasmtime.Linker(self.engine)
         hostcalls.define(self._linker)
         self._cache_dir = cache_dir
+        self._linked: dict[tuple[str, str], CompiledModule] = {}  # by name and sha256, in this process
         self._ticker = EpochTicker(self.engine, tick)
 
     def ticks(self, seconds: float) -> int:
@@ -81,9 +86,18 @@ class Runtime:
         self._ticker.close()
 
     def compile(self, name: str, wasm: bytes) -> CompiledModule:
-        """Compiles (or loads from the cache), checks and links a module."""
+        """Compiles (or loads from the caches), checks and links a module."""
         sha256 = hashlib.sha256(wasm).hexdigest()
-        module = self._load_cached(sha256) or self._compile(name, wasm, sha256)
+        compiled = self._linked.get((name, sha256))
+        if compiled is None:
+            compiled = self._link(name, sha256, self._load_cached(sha256) or self._compile(name, wasm, sha256))
+            if len(self._linked) >= MAX_LINKED:
+                self._linked.pop(next(iter(self._linked)))  # the oldest: reloads make new ones
+            self._linked[(name, sha256)] = compiled
+        return compiled
+
+    def _link(self, name: str, sha256: str, module: wasmtime.Module) -> CompiledModule:
+        """Checks a compiled module against the world and links it to the host calls."""
         exports = {export.name: export.type for export in module.exports}
         _check_exports(name, exports)
         try:

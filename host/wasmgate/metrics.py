@@ -74,6 +74,15 @@ SUBREQUEST_BYTES = Counter(
 )
 
 
+MODULE_INFO = Gauge(
+    "wasmgate_module_info",
+    "1 for the module version (sha256 of its .wasm bytes) each processor serves now, 0 for earlier ones.",
+    ["processor", "sha256"],
+    multiprocess_mode="livemax",
+)
+RELOADS = Counter("wasmgate_reloads", "Reloads of modules and config, by result: applied or rejected.", ["result"])
+
+
 class RouteMetrics:
     """The metric children of one route, bound once rather than looked up per request."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from .abi import PHASE_OF_HOOK, Hook
 from .config import BodyMode, Config, ConfigError, FailureMode, InstanceMode, ProcessorConfig, SubrequestConfig
@@ -20,6 +19,7 @@ from .failures import ProcessorFailure
 from .instances import SandboxPool
 from .metrics import GuestMetrics, ProcessorMetrics
 from .sandbox import Sandbox
+from .sources import ModuleCatalog, ModuleNotFound
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,15 +45,6 @@ class Processor:
 
     def wants(self, hook: Hook) -> bool:
         return hook in self.hooks
-
-
-def find_module(name: str, module_dirs: list[Path]) -> Path | None:
-    """A module's file: ``NAME.wasm`` in the first directory that has it."""
-    for directory in module_dirs:
-        candidate = directory / f"{name}.wasm"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def build_processor(runtime: Runtime, spec: ProcessorConfig, module: CompiledModule) -> Processor:
@@ -88,24 +79,26 @@ def build_processor(runtime: Runtime, spec: ProcessorConfig, module: CompiledMod
     return dataclasses.replace(draft, hooks=frozenset(hook for hook, phase in PHASE_OF_HOOK.items() if phases & phase))
 
 
-def load_processors(runtime: Runtime, config: Config) -> dict[str, Processor]:
-    """Every processor of ``config``; all problems at once, as a ``ConfigError``."""
+def load_processors(runtime: Runtime, config: Config, catalog: ModuleCatalog | None = None) -> dict[str, Processor]:
+    """Every processor of ``config``; all problems at once, as a ``ConfigError``.
+
+    Modules come from ``catalog`` (by default, the config's module_dirs),
+    which keeps the versions of a successful load.
+    """
+    catalog = catalog or ModuleCatalog(config.module_dirs)
     problems: list[str] = []
-    modules: dict[Path, CompiledModule | None] = {}
+    fetched: dict[str, bytes] = {}
+    modules: dict[str, CompiledModule | None] = {}
     processors: dict[str, Processor] = {}
     for i, spec in enumerate(config.processors):
-        path = find_module(spec.module, config.module_dirs)
-        if path is None:
-            dirs = ", ".join(str(d) for d in config.module_dirs)
-            problems.append(f"processors[{i}].module: no {spec.module}.wasm in module_dirs ({dirs})")
-            continue
-        if path not in modules:
+        if spec.module not in modules:
             try:
-                modules[path] = runtime.compile(spec.module, path.read_bytes())
-            except ModuleError as error:
+                fetched[spec.module] = catalog.fetch(spec.module)
+                modules[spec.module] = runtime.compile(spec.module, fetched[spec.module])
+            except (ModuleNotFound, ModuleError) as error:
                 problems.append(f"processors[{i}].module: {error}")
-                modules[path] = None
-        module = modules[path]
+                modules[spec.module] = None
+        module = modules[spec.module]
         if module is None:
             continue
         try:
@@ -114,4 +107,5 @@ def load_processors(runtime: Runtime, config: Config) -> dict[str, Processor]:
             problems.append(f"processors[{i}].config: init of {spec.module} failed: {failure}")
     if problems:
         raise ConfigError("config", problems)
+    catalog.keep(fetched)
     return processors

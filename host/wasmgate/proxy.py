@@ -48,7 +48,7 @@ class Gateway:
         self.pool = pool
         self.calls = CallClient()
         self._upstream = upstream
-        self._max_depth = max_depth
+        self.max_depth = max_depth
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -72,9 +72,9 @@ class Gateway:
             REQUESTS.labels("", "404").inc()
             return _error(404, "no_route", f"no route matches {request.method} {request.path}")
         depth = _depth(request.headers)
-        if depth is None or depth > self._max_depth:
+        if depth is None or depth > self.max_depth:
             route.metrics.served(508)
-            return _error(508, "loop_detected", f"{DEPTH_HEADER} must be a number of at most {self._max_depth}")
+            return _error(508, "loop_detected", f"{DEPTH_HEADER} must be a number of at most {self.max_depth}")
         request_id = request.headers.get("x-request-id") or new_request_id()
         client = request.remote or ""
         facts = RequestFacts(

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from multiprocessing.synchronize import Event
+from pathlib import Path
 
 from aiohttp import web
 
@@ -30,7 +31,9 @@ from .engine import Runtime
 from .executor import GuestPool
 from .processors import load_processors
 from .proxy import Gateway, app
+from .reload import Reloader, publish
 from .routing import build_routes
+from .sources import ModuleCatalog
 
 log = logging.getLogger("wasmgate.server")
 
@@ -52,22 +55,42 @@ async def listen(application: web.Application, address: str, reuse_port: bool) -
     return runner
 
 
-async def start_gateway(config: Config, runtime: Runtime, pool: GuestPool, reuse_port: bool = False) -> web.AppRunner:
-    """Loads the processors (off the event loop) and listens on ``config.listen``."""
-    processors = await asyncio.get_running_loop().run_in_executor(None, load_processors, runtime, config)
+RELOADER = web.AppKey("reloader", Reloader)
+
+
+async def start_gateway(
+    config: Config, runtime: Runtime, pool: GuestPool, reuse_port: bool = False, config_path: Path | None = None
+) -> web.AppRunner:
+    """Loads the processors (off the event loop) and listens on ``config.listen``.
+
+    With ``config_path``, the config and the module directories are watched
+    and reloaded live; the app's ``RELOADER`` takes SIGHUP.
+    """
+    catalog = ModuleCatalog(config.module_dirs)
+    processors = await asyncio.get_running_loop().run_in_executor(None, load_processors, runtime, config, catalog)
     gateway = Gateway(
         build_routes(config.routes, processors), runtime, pool, config.upstream, config.max_subrequest_depth
     )
-    return await listen(app(gateway), config.listen, reuse_port)
+    publish(processors)
+    application = app(gateway)
+    if config_path is not None:
+        reloader = application[RELOADER] = Reloader(gateway, runtime, catalog, config, processors, config_path)
+        reloader.start()
+        application.on_cleanup.append(lambda _: reloader.stop())
+    return await listen(application, config.listen, reuse_port)
 
 
-async def serve(config: Config, ready: Callable[[], None], stop: asyncio.Event, admin: bool) -> None:
-    """Loads the processors, then serves until ``stop`` is set."""
+async def serve(
+    config: Config, config_path: Path | None, ready: Callable[[], None], stop: asyncio.Event, admin: bool
+) -> None:
+    """Loads the processors, then serves until ``stop`` is set; SIGHUP reloads."""
     runtime = Runtime(cache_dir=config.cache_dir, max_instances=config.sandbox.max_instances)
     pool = GuestPool(config.sandbox.threads)
     runners: list[web.AppRunner] = []
     try:
-        runners.append(await start_gateway(config, runtime, pool, reuse_port=True))
+        runners.append(await start_gateway(config, runtime, pool, reuse_port=True, config_path=config_path))
+        if RELOADER in runners[0].app:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, runners[0].app[RELOADER].request)
         if admin:
             from prometheus_client import REGISTRY
 
@@ -102,19 +125,20 @@ def _run_loop(main: Callable[[asyncio.Event], object]) -> None:
         uvloop.run(entry())
 
 
-def run(config: Config, workers: int) -> None:
+def run(config: Config, workers: int, config_path: Path | None = None) -> None:
+    """Serves ``config``; with ``config_path``, reloads it (and the modules) live."""
     if workers == 1:
-        _run_loop(lambda stop: serve(config, lambda: None, stop, admin=True))
+        _run_loop(lambda stop: serve(config, config_path, lambda: None, stop, admin=True))
     else:
-        _supervise(config, workers)
+        _supervise(config, workers, config_path)
 
 
-def _worker(config: Config, ready: Event) -> None:
+def _worker(config: Config, config_path: Path | None, ready: Event) -> None:
     logs.configure(f"worker {os.getpid()}")
-    _run_loop(lambda stop: serve(config, ready.set, stop, admin=False))
+    _run_loop(lambda stop: serve(config, config_path, ready.set, stop, admin=False))
 
 
-def _supervise(config: Config, workers: int) -> None:
+def _supervise(config: Config, workers: int, config_path: Path | None) -> None:
     check(config)  # one clear report of every problem, before any worker starts
     metrics_dir = tempfile.mkdtemp(prefix="wasmgate-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by each worker's prometheus-client at import
@@ -123,7 +147,7 @@ def _supervise(config: Config, workers: int) -> None:
 
     def start() -> tuple[multiprocessing.Process, Event]:
         ready = context.Event()
-        process = context.Process(target=_worker, args=(config, ready), daemon=True)
+        process = context.Process(target=_worker, args=(config, config_path, ready), daemon=True)
         process.start()
         return process, ready
 
@@ -135,6 +159,12 @@ def _supervise(config: Config, workers: int) -> None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         slots.extend(start() for _ in range(workers))
+        def forward_sighup() -> None:  # each worker reloads on its own
+            for process, _ in slots:
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGHUP)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, forward_sighup)
 
         def ready() -> bool:
             return all(process.is_alive() and event.is_set() for process, event in slots)

@@ -1,0 +1,133 @@
+"""Live reload: modules and the config change without a restart or a failed request.
+
+The module directories and the config file are watched (``watchfiles``),
+and SIGHUP asks for a reload too. A reload loads everything again off the
+event loop: the config is validated, each module is compiled (or found in
+the caches) and checked against the WIT world, and every processor's
+``init`` runs with its config. Only if all of that succeeds are the new
+routes swapped in, at once: a request holds the route it matched, so
+requests already started finish with the versions they started with, and
+new requests get the new ones. A reload that fails is logged and counted,
+and the running versions keep serving.
+
+Live: processors, routes, module_dirs, max_subrequest_depth. The listen
+addresses, ``sandbox``, ``upstream`` and ``cache_dir`` need a restart; a
+reload that changes them says so and applies the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import watchfiles
+
+from .config import Config, ConfigError, load_config
+from .engine import Runtime
+from .metrics import MODULE_INFO, RELOADS
+from .processors import Processor, load_processors
+from .proxy import Gateway
+from .routing import build_routes
+from .sources import ModuleCatalog
+
+log = logging.getLogger("wasmgate.reload")
+
+WATCH_DEBOUNCE_MS = 200
+"""Changes are taken in once they have settled this long: a module being copied in is read whole."""
+_NEEDS_RESTART = ("listen", "admin_listen", "sandbox", "upstream", "cache_dir")
+
+
+def publish(processors: dict[str, Processor], previous: dict[str, Processor] | None = None) -> None:
+    """Shows which module version serves each processor, in the log and in ``wasmgate_module_info``."""
+    for name, processor in processors.items():
+        before = previous.get(name) if previous else None
+        if before is not None and before.module.sha256 == processor.module.sha256:
+            continue
+        if before is not None:
+            MODULE_INFO.labels(name, before.module.sha256).set(0)
+        MODULE_INFO.labels(name, processor.module.sha256).set(1)
+        log.info("processor %s serves module %s sha256:%s", name, processor.module.name, processor.module.sha256)
+    for name, gone in (previous or {}).items():
+        if name not in processors:
+            MODULE_INFO.labels(name, gone.module.sha256).set(0)
+
+
+class Reloader:
+    """Watches, validates and swaps for one gateway (one per worker process)."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        runtime: Runtime,
+        catalog: ModuleCatalog,
+        config: Config,
+        processors: dict[str, Processor],
+        config_path: Path,
+    ) -> None:
+        self._gateway = gateway
+        self._runtime = runtime
+        self._catalog = catalog
+        self._config = config
+        self._processors = processors
+        self._config_path = config_path.resolve()
+        self._lock = asyncio.Lock()
+        self._rewatch = asyncio.Event()  # set when module_dirs changed: the watch starts again
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="wasmgate-reload-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def request(self) -> None:
+        """Asks for a reload of the config and modules (SIGHUP)."""
+        asyncio.get_running_loop().create_task(self.reload("SIGHUP"))
+
+    async def _watch(self) -> None:
+        while True:
+            self._rewatch.clear()
+            watched = [*self._config.module_dirs, self._config_path.parent]
+            paths = [path for path in watched if path.is_dir()]
+            async for changes in watchfiles.awatch(*paths, debounce=WATCH_DEBOUNCE_MS, stop_event=self._rewatch):
+                changed = {Path(path) for _, path in changes}
+                if self._config_path in changed or any(path.suffix == ".wasm" for path in changed):
+                    await self.reload(", ".join(sorted(path.name for path in changed)))
+
+    async def reload(self, reason: str) -> bool:
+        """Loads the config and modules again; swaps them in if all is well. True when applied."""
+        async with self._lock:
+            try:
+                config = load_config(self._config_path)
+                processors = await asyncio.get_running_loop().run_in_executor(
+                    None, load_processors, self._runtime, config, self._catalog_for(config)
+                )
+            except ConfigError as error:
+                RELOADS.labels("rejected").inc()
+                log.error("reload after %s rejected; the running version keeps serving:\n%s", reason, error)
+                return False
+            self._apply(config, processors)
+            RELOADS.labels("applied").inc()
+            log.info("reload after %s applied: %d processors, %d routes", reason, len(processors), len(config.routes))
+            return True
+
+    def _catalog_for(self, config: Config) -> ModuleCatalog:
+        if config.module_dirs != self._catalog.module_dirs:
+            self._catalog = ModuleCatalog(config.module_dirs)
+        return self._catalog
+
+    def _apply(self, config: Config, processors: dict[str, Processor]) -> None:
+        for key in _NEEDS_RESTART:
+            if getattr(config, key) != getattr(self._config, key):
+                log.warning("config key %s changed; it takes effect at the next restart", key)
+        self._gateway.routes = build_routes(config.routes, processors)
+        self._gateway.max_depth = config.max_subrequest_depth
+        publish(processors, self._processors)
+        if config.module_dirs != self._config.module_dirs:
+            self._rewatch.set()
+        self._config, self._processors = config, processors

@@ -1,0 +1,172 @@
+"""Live reload: module files and the config change under a running gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from prometheus_client import REGISTRY
+
+from wasmgate.config import load_config
+from wasmgate.server import listen, start_gateway
+
+from .wat import guest
+
+SETTLE = 5.0
+"""Seconds a test waits at most for a change to show: a bound, not a measurement (see bench/reload.py)."""
+
+
+def tagging(version: str) -> bytes:
+    """A module that tells the upstream which version of it ran."""
+    return guest(
+        phases=1,
+        request_headers="i32.const 0 {s:name} {s:value} call $set-header i32.const 0",
+        strings={"name": "x-version", "value": version},
+    )
+
+
+def put(path: Path, data: bytes) -> None:
+    """Replaces a file at once, as a deploy should (a half-written module is never read)."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def reloads(result: str) -> float:
+    return REGISTRY.get_sample_value("wasmgate_reloads_total", {"result": result}) or 0.0
+
+
+class Live:
+    """A gateway reloading ``gateway.yaml`` in ``directory``, in front of an upstream echoing x-version."""
+
+    def __init__(self, directory: Path, url: str, config: dict[str, Any]) -> None:
+        self.directory = directory
+        self.url = url
+        self.config = config
+
+    def write_config(self, **overrides: Any) -> None:
+        put(self.directory / "gateway.yaml", yaml.safe_dump({**self.config, **overrides}).encode())
+
+    async def version(self, client: aiohttp.ClientSession, path: str = "/") -> tuple[int, str]:
+        async with client.get(f"{self.url}{path}") as response:
+            return response.status, response.headers.get("x-seen-version", "")
+
+    async def until(self, client: aiohttp.ClientSession, expected: str, path: str = "/") -> None:
+        deadline = time.monotonic() + SETTLE
+        while time.monotonic() < deadline:
+            if (await self.version(client, path))[1] == expected:
+                return
+            await asyncio.sleep(0.05)
+        pytest.fail(f"{expected!r} did not show within {SETTLE} s")
+
+
+@pytest.fixture
+async def live(runtime, pool, tmp_path: Path) -> AsyncIterator[Live]:
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(headers={"x-seen-version": request.headers.get("x-version", "none")})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", echo)
+    runners = [await listen(app, "127.0.0.1:0", reuse_port=False)]
+    host, port = runners[0].addresses[0][:2]
+    (tmp_path / "modules").mkdir()
+    put(tmp_path / "modules" / "tag.wasm", tagging("v1"))
+    config = {
+        "listen": "127.0.0.1:0",
+        "module_dirs": ["modules"],
+        "cache_dir": str(tmp_path / "cache"),
+        "processors": [{"name": "tag", "module": "tag"}],
+        "routes": [{"name": "main", "upstream": f"http://{host}:{port}", "processors": ["tag"]}],
+    }
+    put(tmp_path / "gateway.yaml", yaml.safe_dump(config).encode())
+    config_path = tmp_path / "gateway.yaml"
+    runners.append(await start_gateway(load_config(config_path), runtime, pool, config_path=config_path))
+    host, port = runners[1].addresses[0][:2]
+    served = Live(tmp_path, f"http://{host}:{port}", config)
+    await asyncio.sleep(0.3)  # the watch is set up
+    yield served
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+async def test_a_replaced_module_serves_new_requests_and_no_request_fails(live):
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def steady_load(client: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            statuses.append((await live.version(client))[0])
+
+    async with aiohttp.ClientSession() as client:
+        load = asyncio.create_task(steady_load(client))
+        put(live.directory / "modules" / "tag.wasm", tagging("v2"))
+        await live.until(client, "v2")
+        stop.set()
+        await load
+    assert len(statuses) > 10
+    assert set(statuses) == {200}
+
+
+async def test_a_corrupt_module_is_rejected_and_the_old_one_keeps_serving(live):
+    rejected = reloads("rejected")
+    put(live.directory / "modules" / "tag.wasm", b"\0asm garbage")
+    deadline = time.monotonic() + SETTLE
+    while reloads("rejected") == rejected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert reloads("rejected") == rejected + 1
+    async with aiohttp.ClientSession() as client:
+        assert await live.version(client) == (200, "v1")
+
+
+async def test_a_removed_module_keeps_serving_until_the_config_drops_it(live):
+    applied, rejected = reloads("applied"), reloads("rejected")
+    (live.directory / "modules" / "tag.wasm").unlink()  # a reload, with the module gone from disk
+    deadline = time.monotonic() + SETTLE
+    while reloads("applied") == applied and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert (reloads("applied") > applied, reloads("rejected")) == (True, rejected)
+    async with aiohttp.ClientSession() as client:
+        assert await live.version(client) == (200, "v1")
+        live.write_config(processors=[], routes=[{**live.config["routes"][0], "processors": []}])
+        await live.until(client, "none")
+
+
+async def test_a_changed_config_takes_effect(live):
+    async with aiohttp.ClientSession() as client:
+        route = {**live.config["routes"][0], "match": {"path_prefix": "/tagged/"}}
+        plain = {**live.config["routes"][0], "name": "plain", "processors": []}
+        live.write_config(routes=[route, plain])
+        await live.until(client, "none", "/other")
+        assert await live.version(client, "/tagged/x") == (200, "v1")
+
+
+async def test_a_broken_config_is_rejected_and_the_running_one_stays(live):
+    rejected = reloads("rejected")
+    live.write_config(routes=[{"name": "main", "upstream": "not a url"}])
+    deadline = time.monotonic() + SETTLE
+    while reloads("rejected") == rejected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert reloads("rejected") == rejected + 1
+    async with aiohttp.ClientSession() as client:
+        assert await live.version(client) == (200, "v1")
+
+
+async def test_module_info_shows_the_version_each_processor_serves(live):
+    def info(wasm: bytes) -> float | None:
+        labels = {"processor": "tag", "sha256": hashlib.sha256(wasm).hexdigest()}
+        return REGISTRY.get_sample_value("wasmgate_module_info", labels)
+
+    assert info(tagging("v1")) == 1.0
+    async with aiohttp.ClientSession() as client:
+        put(live.directory / "modules" / "tag.wasm", tagging("v3"))
+        await live.until(client, "v3")
+    assert (info(tagging("v1")), info(tagging("v3"))) == (0.0, 1.0)
