@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .config import Config, ConfigError, explain, load_config
@@ -50,6 +51,23 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from .oci import OciError, OciSource
+
+    try:
+        with tempfile.TemporaryDirectory() as cache:  # pushing caches nothing
+            manifest, module = OciSource(Path(cache), args.plain_http, args.auth_file).push(
+                Path(args.file), args.reference
+            )
+    except (OciError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"pushed {args.file} to {args.reference}")
+    print(f"  manifest {manifest}")
+    print(f"  module   {module} (pin it with sha256: {module.removeprefix('sha256:')})")
+    return 0
+
+
 def _demo(_: argparse.Namespace) -> int:
     from .demo import main
 
@@ -72,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     config = commands.add_parser("config", help="show the effective config")
     config.add_argument("--explain", required=True, metavar="FILE", help="print FILE with every default filled in")
     config.set_defaults(func=_config)
+
+    push = commands.add_parser("push", help="publish a module to an OCI registry (CNCF Wasm artifact layout)")
+    push.add_argument("file", help="the module's .wasm file")
+    push.add_argument("reference", help="oci://REGISTRY/REPO:TAG")
+    push.add_argument("--plain-http", action="append", default=[], metavar="REGISTRY", help="reach REGISTRY over http")
+    push.add_argument("--auth-file", type=Path, help="a Docker-style auth file (default ~/.docker/config.json)")
+    push.set_defaults(func=_push)
 
     demo = commands.add_parser("demo", help="run a gateway with example processors and show them at work")
     demo.set_defaults(func=_demo)

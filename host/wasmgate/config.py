@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from .oci import parse_reference
+
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(us|µs|ms|s|m|h)?\s*")
 _DURATION_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*")
@@ -157,6 +159,24 @@ class SubrequestConfig(_Model):
     """Before the first retry; doubled before each next one."""
 
 
+class PullPolicy(enum.StrEnum):
+    IF_NOT_PRESENT = "if_not_present"
+    ALWAYS = "always"
+
+
+def _module_reference(value: Any) -> str:
+    """A module name (``NAME.wasm`` in module_dirs) or an ``oci://`` reference."""
+    text = str(value)
+    if text.startswith("oci://"):
+        parse_reference(text)
+    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text):
+        raise ValueError(f"{text!r} is neither a module name (NAME of NAME.wasm) nor an oci:// reference")
+    return text
+
+
+ModuleReference = Annotated[str, BeforeValidator(_module_reference)]
+
+
 class InstanceMode(enum.StrEnum):
     FRESH = "fresh"
     POOLED = "pooled"
@@ -176,7 +196,11 @@ class PoolConfig(_Model):
 
 class ProcessorConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
-    module: str = Field(min_length=1)
+    module: ModuleReference
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """Pins the module's content: the sha256 of its .wasm bytes must be this."""
+    pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
+    """For oci:// tags: if_not_present uses the cached pull; always resolves the tag on every load and poll."""
     config: Any = {}
     body: BodyMode = BodyMode.STREAM
     max_body_bytes: Size = 10 * 2**20
@@ -246,6 +270,17 @@ class SandboxConfig(_Model):
     """Instances alive at once per worker process (the pooling allocator's slots)."""
 
 
+class OciConfig(_Model):
+    """Registries for ``oci://`` modules; credentials come from ORAS_USER/ORAS_PASS or an auth file."""
+
+    plain_http: list[str] = []
+    """Registries (host:port) reached over plain HTTP, such as one on loopback."""
+    auth_file: Path | None = None
+    """A Docker-style auth file; by default ~/.docker/config.json."""
+    poll_interval: Duration = 60.0
+    """How often tags with pull_policy always are resolved again."""
+
+
 class Config(_Model):
     listen: Address = "0.0.0.0:8080"
     admin_listen: Address = "127.0.0.1:9901"
@@ -255,6 +290,7 @@ class Config(_Model):
     routes: list[RouteConfig] = []
     upstream: UpstreamConfig = UpstreamConfig()
     sandbox: SandboxConfig = SandboxConfig()
+    oci: OciConfig = OciConfig()
     max_subrequest_depth: int = Field(3, ge=0, le=32)
     """Requests carrying a ``Wasmgate-Depth`` over this are refused: processors calling
     back into a gateway cannot loop."""

@@ -79,13 +79,18 @@ def build_processor(runtime: Runtime, spec: ProcessorConfig, module: CompiledMod
     return dataclasses.replace(draft, hooks=frozenset(hook for hook, phase in PHASE_OF_HOOK.items() if phases & phase))
 
 
+def module_name(reference: str) -> str:
+    """What a module is called in messages and metrics: its name, or its repository for oci:// references."""
+    return reference.rsplit("/", 1)[-1].split("@")[0].split(":")[0] if reference.startswith("oci://") else reference
+
+
 def load_processors(runtime: Runtime, config: Config, catalog: ModuleCatalog | None = None) -> dict[str, Processor]:
     """Every processor of ``config``; all problems at once, as a ``ConfigError``.
 
     Modules come from ``catalog`` (by default, the config's module_dirs),
     which keeps the versions of a successful load.
     """
-    catalog = catalog or ModuleCatalog(config.module_dirs)
+    catalog = catalog or ModuleCatalog.for_config(config)
     problems: list[str] = []
     fetched: dict[str, bytes] = {}
     modules: dict[str, CompiledModule | None] = {}
@@ -93,13 +98,16 @@ def load_processors(runtime: Runtime, config: Config, catalog: ModuleCatalog | N
     for i, spec in enumerate(config.processors):
         if spec.module not in modules:
             try:
-                fetched[spec.module] = catalog.fetch(spec.module)
-                modules[spec.module] = runtime.compile(spec.module, fetched[spec.module])
+                fetched[spec.module] = catalog.fetch(spec)
+                modules[spec.module] = runtime.compile(module_name(spec.module), fetched[spec.module])
             except (ModuleNotFound, ModuleError) as error:
                 problems.append(f"processors[{i}].module: {error}")
                 modules[spec.module] = None
         module = modules[spec.module]
         if module is None:
+            continue
+        if spec.sha256 is not None and module.sha256 != spec.sha256:
+            problems.append(f"processors[{i}].sha256: {spec.module} has sha256 {module.sha256}, not the pinned one")
             continue
         try:
             processors[spec.name] = build_processor(runtime, spec, module)

@@ -1,7 +1,8 @@
 """Live reload: modules and the config change without a restart or a failed request.
 
 The module directories and the config file are watched (``watchfiles``),
-and SIGHUP asks for a reload too. A reload loads everything again off the
+SIGHUP asks for a reload too, and ``oci://`` tags with ``pull_policy:
+always`` are resolved every ``oci.poll_interval``: a tag that moved reloads. A reload loads everything again off the
 event loop: the config is validated, each module is compiled (or found in
 the caches) and checked against the WIT world, and every processor's
 ``init`` runs with its config. Only if all of that succeeds are the new
@@ -24,9 +25,10 @@ from pathlib import Path
 
 import watchfiles
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, PullPolicy, load_config
 from .engine import Runtime
 from .metrics import MODULE_INFO, RELOADS
+from .oci import OciError
 from .processors import Processor, load_processors
 from .proxy import Gateway
 from .routing import build_routes
@@ -74,16 +76,19 @@ class Reloader:
         self._config_path = config_path.resolve()
         self._lock = asyncio.Lock()
         self._rewatch = asyncio.Event()  # set when module_dirs changed: the watch starts again
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._watch(), name="wasmgate-reload-watch")
+        self._tasks = [
+            asyncio.create_task(self._watch(), name="wasmgate-reload-watch"),
+            asyncio.create_task(self._poll(), name="wasmgate-reload-poll"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     def request(self) -> None:
         """Asks for a reload of the config and modules (SIGHUP)."""
@@ -98,6 +103,25 @@ class Reloader:
                 changed = {Path(path) for _, path in changes}
                 if self._config_path in changed or any(path.suffix == ".wasm" for path in changed):
                     await self.reload(", ".join(sorted(path.name for path in changed)))
+
+    async def _poll(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._config.oci.poll_interval)
+            tags = {
+                spec.module
+                for spec in self._config.processors
+                if spec.module.startswith("oci://") and spec.pull_policy is PullPolicy.ALWAYS
+            }
+            for reference in sorted(tags):
+                try:
+                    latest = await loop.run_in_executor(None, self._catalog.oci.latest, reference)
+                except OciError as error:
+                    log.warning("cannot poll %s: %s", reference, error)
+                    continue
+                if latest != self._catalog.oci.cached_digest(reference):
+                    await self.reload(f"{reference} moved to {latest}")
+                    break  # the reload took every moved tag in
 
     async def reload(self, reason: str) -> bool:
         """Loads the config and modules again; swaps them in if all is well. True when applied."""
@@ -117,8 +141,8 @@ class Reloader:
             return True
 
     def _catalog_for(self, config: Config) -> ModuleCatalog:
-        if config.module_dirs != self._catalog.module_dirs:
-            self._catalog = ModuleCatalog(config.module_dirs)
+        if config.module_dirs != self._catalog.module_dirs or config.oci != self._config.oci:
+            self._catalog = ModuleCatalog.for_config(config)
         return self._catalog
 
     def _apply(self, config: Config, processors: dict[str, Processor]) -> None:

@@ -66,7 +66,7 @@ async def start_gateway(
     With ``config_path``, the config and the module directories are watched
     and reloaded live; the app's ``RELOADER`` takes SIGHUP.
     """
-    catalog = ModuleCatalog(config.module_dirs)
+    catalog = ModuleCatalog.for_config(config)
     processors = await asyncio.get_running_loop().run_in_executor(None, load_processors, runtime, config, catalog)
     gateway = Gateway(
         build_routes(config.routes, processors), runtime, pool, config.upstream, config.max_subrequest_depth
@@ -159,6 +159,7 @@ def _supervise(config: Config, workers: int, config_path: Path | None) -> None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         slots.extend(start() for _ in range(workers))
+
         def forward_sighup() -> None:  # each worker reloads on its own
             for process, _ in slots:
                 if process.is_alive():

@@ -1,14 +1,22 @@
-"""Where modules come from: ``NAME.wasm`` in the module directories.
+"""Where modules come from: ``NAME.wasm`` in the module directories, or an
+OCI registry for ``oci://`` references (see ``oci``).
 
 A catalog keeps the bytes of each module a successful load used, so a file
-removed from a watched directory goes on serving until the config stops
-naming its module.
+removed from a watched directory, or a registry out of reach, does not stop
+a module that serves: it goes on serving until the config stops naming it.
 """
 
 from __future__ import annotations
 
+import logging
+import tempfile
 import threading
 from pathlib import Path
+
+from .config import Config, ProcessorConfig, PullPolicy
+from .oci import OciError, OciSource
+
+log = logging.getLogger("wasmgate.sources")
 
 
 class ModuleNotFound(Exception):
@@ -27,23 +35,38 @@ def find_module(name: str, module_dirs: list[Path]) -> Path | None:
 class ModuleCatalog:
     """Module bytes by reference, with the last good version of each kept. Thread-safe."""
 
-    def __init__(self, module_dirs: list[Path]) -> None:
+    def __init__(self, module_dirs: list[Path], oci: OciSource) -> None:
         self.module_dirs = module_dirs
+        self.oci = oci
         self._kept: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
-    def fetch(self, reference: str) -> bytes:
-        path = find_module(reference, self.module_dirs)
-        if path is not None:
+    @classmethod
+    def for_config(cls, config: Config) -> ModuleCatalog:
+        cache = config.cache_dir or Path(tempfile.gettempdir()) / "wasmgate"
+        return cls(config.module_dirs, OciSource(cache, config.oci.plain_http, config.oci.auth_file))
+
+    def fetch(self, spec: ProcessorConfig) -> bytes:
+        """The module ``spec`` names, or the version kept from the last load when it cannot be had now."""
+        reference = spec.module
+        if reference.startswith("oci://"):
             try:
-                return path.read_bytes()
+                return self.oci.fetch(reference, always=spec.pull_policy is PullPolicy.ALWAYS)
+            except OciError as error:
+                problem = str(error)
+        else:
+            path = find_module(reference, self.module_dirs)
+            try:
+                if path is not None:
+                    return path.read_bytes()
             except OSError:  # removed or replaced between the look and the read: as if absent
                 pass
+            problem = f"no {reference}.wasm in module_dirs ({', '.join(str(d) for d in self.module_dirs)})"
         with self._lock:
             kept = self._kept.get(reference)
         if kept is None:
-            dirs = ", ".join(str(d) for d in self.module_dirs)
-            raise ModuleNotFound(f"no {reference}.wasm in module_dirs ({dirs})")
+            raise ModuleNotFound(problem)
+        log.warning("%s; the version loaded before serves on", problem)
         return kept
 
     def keep(self, modules: dict[str, bytes]) -> None:
