@@ -16,7 +16,6 @@ throughput to the baseline's.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from loopback import BENCH, CHAT, free_port, stop_all, wait_until_up
+from loopback import BENCH, free_port, stop_all, wait_until_up, wrk_script
 
 
 def gateway_config(directory: Path, port: int, admin: int, upstream: str, instances: str) -> Path:
@@ -91,12 +90,7 @@ def main() -> None:
         raise SystemExit("wrk is needed: apt-get install wrk")
 
     directory = Path(tempfile.mkdtemp(prefix="wasmgate-bench-"))
-    script = directory / "post.lua"
-    script.write_text(
-        'wrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(json.dumps(CHAT))}\n"
-    )
+    script = wrk_script(directory)
     upstream_port, baseline_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     python = sys.executable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -33,6 +34,17 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], seconds: float = 3
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"{url} did not come up")
+
+
+def wrk_script(directory: Path) -> Path:
+    """A wrk script sending ``CHAT`` as a JSON POST."""
+    script = directory / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(json.dumps(CHAT))}\n"
+    )
+    return script
 
 
 def stop_all(processes: list[subprocess.Popen[bytes]], directory: Path) -> None:
