@@ -19,7 +19,7 @@ from pathlib import Path
 
 import wasmtime
 
-from . import ffi, hostcalls
+from . import ffi, hostcalls, wasi  # noqa: F401 - importing wasi registers its host calls
 from .abi import RESUME_EXPORT, Hook
 from .epoch import EpochTicker
 

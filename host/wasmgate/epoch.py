@@ -15,6 +15,7 @@ Linux (glibc), which the gateway needs anyway for ``SO_REUSEPORT``.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import os
@@ -84,6 +85,8 @@ class EpochTicker:
         if self._lib.timer_settime(self._timer, 0, byref(_ITimerSpec(period, period)), None) != 0:
             self.close()
             raise OSError(ctypes.get_errno(), f"timer_settime: {os.strerror(ctypes.get_errno())}")
+        # At exit the engine is freed with everything else: the timer must stop first.
+        atexit.register(self.close)
 
     def close(self) -> None:
         if self._timer.value is not None:

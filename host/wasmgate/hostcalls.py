@@ -49,44 +49,49 @@ _RESPONSE_HOOKS = frozenset({Hook.RESPONSE_HEADERS, Hook.RESPONSE_BODY})
 _BODY_HOOKS = frozenset({Hook.REQUEST_BODY, Hook.RESPONSE_BODY})
 
 HostFunc = Callable[..., int | None]
-_FUNCS: dict[str, tuple[str, bool, HostFunc]] = {}
+_FUNCS: dict[tuple[str, str], tuple[str, bool, HostFunc]] = {}
 _callbacks: list[ctypes._CFuncPtr] = []  # the linker calls these for the process's life
 
 
-def host_call(name: str, params: str, returns: bool = False) -> Callable[[HostFunc], HostFunc]:
-    """Registers the implementation of WIT host function ``name``.
+def host_call(
+    name: str, params: str, returns: bool = False, module: str = HOST_MODULE
+) -> Callable[[HostFunc], HostFunc]:
+    """Registers the implementation of host function ``name`` (of the WIT world's host interface by default).
 
-    ``params`` spells its flat parameters: ``i`` for i32, ``f`` for f64.
+    ``params`` spells its flat parameters: ``i`` for i32, ``I`` for i64, ``f`` for f64.
     """
 
     def register(func: HostFunc) -> HostFunc:
-        _FUNCS[name] = (params, returns, func)
+        _FUNCS[(module, name)] = (params, returns, func)
         return func
 
     return register
 
 
+_WAT_TYPES = {"i": "i32", "I": "i64", "f": "f64"}
+
+
 def signatures() -> dict[str, str]:
-    """Each host call's flat core signature in WAT, for tests and tools: ``(param i32 i32) (result i32)``."""
-    wat = {"i": "i32", "f": "f64"}
+    """The host interface's flat core signatures in WAT, for tests and tools: ``(param i32) (result i32)``."""
     return {
-        name: f"(param {' '.join(wat[p] for p in params)})" + (" (result i32)" if returns else "")
-        for name, (params, returns, _) in _FUNCS.items()
+        name: f"(param {' '.join(_WAT_TYPES[p] for p in params)})" + (" (result i32)" if returns else "")
+        for (module, name), (params, returns, _) in _FUNCS.items()
+        if module == HOST_MODULE
     }
 
 
 def define(linker: wasmtime.Linker) -> None:
     """Defines every host call on ``linker``."""
-    types = {"i": wasmtime.ValType.i32(), "f": wasmtime.ValType.f64()}
-    for name, (params, returns, func) in _FUNCS.items():
+    types = {"i": wasmtime.ValType.i32(), "I": wasmtime.ValType.i64(), "f": wasmtime.ValType.f64()}
+    for (module, name), (params, returns, func) in _FUNCS.items():
         callback = ffi.HostCallback(_trampoline(name, params, returns, func))
         _callbacks.append(callback)
         results = [types["i"]] if returns else []
-        ffi.define_host_func(linker, HOST_MODULE, name, [types[p] for p in params], results, callback)
+        ffi.define_host_func(linker, module, name, [types[p] for p in params], results, callback)
 
 
 def _trampoline(name: str, params: str, returns: bool, func: HostFunc) -> Callable[..., int]:
-    is_float = tuple(p == "f" for p in params)
+    fields = tuple({"i": "u32", "I": "i64", "f": "f64"}[p] for p in params)
 
     def call(_env: int, caller: int, slots: ctypes.Array[ffi.RawVal], _count: int) -> int:
         sandbox = active()
@@ -98,7 +103,7 @@ def _trampoline(name: str, params: str, returns: bool, func: HostFunc) -> Callab
             sandbox.in_host_call = True
             try:
                 memory = sandbox.memory(ffi.caller_context(caller))
-                args = [slots[i].f64 if f else slots[i].u32 for i, f in enumerate(is_float)]
+                args = [getattr(slots[i], field) for i, field in enumerate(fields)]
                 result = func(sandbox, memory, *args)
                 if returns:
                     slots[0].u32 = result
@@ -341,17 +346,21 @@ def get_checkpoint(sandbox: Sandbox, memory: GuestMemory, retptr: int) -> None:
 @host_call("log", "iii")
 def log(sandbox: Sandbox, memory: GuestMemory, level: int, ptr: int, length: int) -> None:
     severity = _LOG_LEVELS[enum_value(LogLevel, level, "log")]
+    write_guest_log(sandbox, severity, memory.read(ptr, min(length, MAX_LOG_BYTES), "log's message"), length)
+
+
+def write_guest_log(sandbox: Sandbox, severity: int, text: bytes, length: int) -> None:
+    """A line of the guest's in the gateway's log, under its processor's name; bounded per request."""
     sandbox.log_lines += 1
     if sandbox.log_lines > MAX_LOG_LINES:
         GUEST_LOG_DROPPED.labels(sandbox.processor.name).inc()
         return
-    text = memory.read(ptr, min(length, MAX_LOG_BYTES), "log's message").decode("utf-8", "replace")
     request_id = sandbox.exchange.facts.request_id if sandbox.exchange else "-"
     guest_log.log(
         severity,
         "[%s] %s%s",
         sandbox.processor.name,
-        text,
+        text.decode("utf-8", "replace"),
         "" if length <= MAX_LOG_BYTES else " [truncated]",
         extra={"processor": sandbox.processor.name, "request_id": request_id},
     )
