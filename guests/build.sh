@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds every example processor from source into OUT_DIR (default: the
-# modules shipped in the Python package). Builds are reproducible: paths of
+# Builds every example processor, Rust and Go, from source into OUT_DIR
+# (default: the modules shipped in the Python package). Builds are reproducible: paths of
 # this checkout and of cargo's home are remapped, so another clone on another
 # machine makes the same bytes (.ci/run checks the shipped modules that way).
 #
@@ -30,5 +30,16 @@ build_rust() {
     done
 }
 
+build_go() {
+    # wasip1 reactors with //go:wasmexport (Go 1.24 or newer); paths and
+    # build ids left out so another machine makes the same bytes.
+    for module in "$repo"/guests/go/*/go.mod; do
+        dir=$(dirname "$module")
+        (cd "$dir" && GOOS=wasip1 GOARCH=wasm GOTOOLCHAIN=local GOFLAGS=-mod=mod \
+            go build -buildmode=c-shared -trimpath -ldflags=-buildid= -o "$out/$(basename "$dir").wasm" .)
+    done
+}
+
 build_rust
+build_go
 ls -l "$out"/*.wasm | awk '{printf "  %8d  %s\n", $5, $NF}'

@@ -9,12 +9,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import wasmtime
+
+from wasmgate.wasi import WASI
 
 from .conftest import MODULES, WIT, drive, make_processor, module_bytes
 from .wat import HANDLER, guest
@@ -27,14 +30,39 @@ def wasm_tools() -> str:
     return found
 
 
+ADAPTER_GLOB = (
+    ".cargo/registry/src/*/wasi-preview1-component-adapter-provider-*/artefacts/wasi_snapshot_preview1.reactor.wasm"
+)
+
+
+def wasi_adapter() -> str:
+    """The WASI preview 1 reactor adapter (crate wasi-preview1-component-adapter-provider; .ci/run fetches it)."""
+    found = os.environ.get("WASMGATE_WASI_ADAPTER") or next(
+        (str(path) for path in sorted(Path.home().glob(ADAPTER_GLOB))), None
+    )
+    if found is None:
+        pytest.fail("the WASI adapter is needed: .ci/run fetches it (crate wasi-preview1-component-adapter-provider)")
+    return found
+
+
+ADAPTER_GLOB = (
+    ".cargo/registry/src/*/wasi-preview1-component-adapter-provider-*/artefacts/wasi_snapshot_preview1.reactor.wasm"
+)
+
+
 def componentize(wasm: bytes, directory: Path) -> subprocess.CompletedProcess[str]:
-    """Embeds the world into a core module and makes a component of it, as a toolchain would."""
+    """Embeds the world into a core module and makes a component of it, as a toolchain would.
+
+    A module importing WASI preview 1 (a Go guest) is adapted to WASI 0.2 on the way.
+    """
     core, embedded = directory / "core.wasm", directory / "embedded.wasm"
     core.write_bytes(wasm)
     tool = wasm_tools()
     embed = [tool, "component", "embed", str(WIT), "--world", "processor", str(core), "-o", str(embedded)]
     subprocess.run(embed, check=True, capture_output=True, text=True)
     new = [tool, "component", "new", str(embedded), "-o", str(directory / "component.wasm")]
+    if any(i.module == WASI for i in wasmtime.Module(wasmtime.Engine(), wasm).imports):
+        new += ["--adapt", f"{WASI}={wasi_adapter()}"]
     return subprocess.run(new, capture_output=True, text=True)
 
 
