@@ -1,19 +1,23 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict
 
 from wasmgate.chain import Chain, ChainRun, Outcome
-from wasmgate.config import ProcessorConfig
+from wasmgate.config import ProcessorConfig, parse_config
 from wasmgate.engine import Runtime
 from wasmgate.exchange import Exchange, LocalResponse, RequestFacts
 from wasmgate.executor import GuestPool
 from wasmgate.processors import Processor, build_processor
+from wasmgate.server import listen, start_gateway
 from wasmgate.subrequests import CallClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,3 +102,101 @@ async def drive(
     finally:
         await run.finish()
         await client.close()
+
+
+# -- a gateway over real sockets, in front of echo upstreams ----------------------------
+
+
+class Start:
+    """Starts a gateway: ``await start(config, modules={name: wasm})`` returns its URL.
+
+    ``${UP}`` and ``${UP2}`` in the config's strings are two echo upstreams,
+    whose URLs are also in ``start.upstreams``.
+    """
+
+    def __init__(self, launch: Callable[..., Awaitable[str]], upstreams: dict[str, str]) -> None:
+        self._launch = launch
+        self.upstreams = upstreams
+
+    async def __call__(self, config: dict[str, Any], modules: dict[str, bytes] | None = None) -> str:
+        return await self._launch(config, modules)
+
+
+def _url(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://{host}:{port}"
+
+
+def upstream_app(name: str = "up") -> web.Application:
+    """Echoes what it received; also slow and server-sent-event endpoints."""
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response(
+            {
+                "served_by": name,
+                "method": request.method,
+                "path": request.path_qs,
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "body": body.decode("latin-1"),
+            },
+            headers={"x-upstream": name, "Connection": "keep-alive, x-private", "x-private": "hop"},
+        )
+
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.Response(text="late")
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(5):
+            await response.write(f"data: event-{i}\n\n".encode())
+            await asyncio.sleep(0.1)
+        await response.write_eof()
+        return response
+
+    async def usage_events(request: web.Request) -> web.StreamResponse:
+        """A chat completion streamed as OpenAI does with stream_options.include_usage."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for delta in ("a", "b"):
+            chunk = {"model": "m-s", "choices": [{"delta": {"content": delta}}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        usage = {"model": "m-s", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+        await response.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+        await response.write_eof()
+        return response
+
+    app = web.Application(client_max_size=64 * 2**20)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/events", events)
+    app.router.add_get("/usage-events", usage_events)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+@pytest.fixture
+async def start(runtime, pool, tmp_path: Path) -> AsyncIterator[Start]:
+    runners: list[web.AppRunner] = []
+    upstreams = {}
+    for key, name in (("${UP}", "up"), ("${UP2}", "up2")):
+        runners.append(await listen(upstream_app(name), "127.0.0.1:0", reuse_port=False))
+        upstreams[key] = _url(runners[-1])
+
+    async def starter(config: dict[str, Any], modules: dict[str, bytes] | None = None) -> str:
+        for name, wasm in (modules or {}).items():
+            (tmp_path / f"{name}.wasm").write_bytes(wasm)
+        text = json.dumps({"listen": "127.0.0.1:0", "module_dirs": [str(tmp_path)], **config})
+        for key, url in upstreams.items():
+            text = text.replace(key, url)
+        runners.append(await start_gateway(parse_config(json.loads(text)), runtime, pool))
+        return _url(runners[-1])
+
+    yield Start(starter, upstreams)
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+def route(**extra: Any) -> dict[str, Any]:
+    return {"name": "main", "upstream": "${UP}", **extra}

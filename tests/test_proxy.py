@@ -2,105 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
-from aiohttp import web
 
-from wasmgate.config import parse_config
-from wasmgate.server import listen, start_gateway
-
-from .conftest import module_bytes
+from .conftest import module_bytes, route
 from .wat import guest
-
-
-class Start:
-    """Starts a gateway: ``await start(config, modules={name: wasm})`` returns its URL.
-
-    ``${UP}`` and ``${UP2}`` in the config's strings are two echo upstreams,
-    whose URLs are also in ``start.upstreams``.
-    """
-
-    def __init__(self, launch: Callable[..., Awaitable[str]], upstreams: dict[str, str]) -> None:
-        self._launch = launch
-        self.upstreams = upstreams
-
-    async def __call__(self, config: dict[str, Any], modules: dict[str, bytes] | None = None) -> str:
-        return await self._launch(config, modules)
-
-
-def _url(runner: web.AppRunner) -> str:
-    host, port = runner.addresses[0][:2]
-    return f"http://{host}:{port}"
-
-
-def upstream_app(name: str = "up") -> web.Application:
-    """Echoes what it received; also slow and server-sent-event endpoints."""
-
-    async def echo(request: web.Request) -> web.Response:
-        body = await request.read()
-        return web.json_response(
-            {
-                "served_by": name,
-                "method": request.method,
-                "path": request.path_qs,
-                "headers": {k.lower(): v for k, v in request.headers.items()},
-                "body": body.decode("latin-1"),
-            },
-            headers={"x-upstream": name, "Connection": "keep-alive, x-private", "x-private": "hop"},
-        )
-
-    async def slow(_: web.Request) -> web.Response:
-        await asyncio.sleep(2)
-        return web.Response(text="late")
-
-    async def events(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for i in range(5):
-            await response.write(f"data: event-{i}\n\n".encode())
-            await asyncio.sleep(0.1)
-        await response.write_eof()
-        return response
-
-    app = web.Application(client_max_size=64 * 2**20)
-    app.router.add_get("/slow", slow)
-    app.router.add_get("/events", events)
-    app.router.add_route("*", "/{tail:.*}", echo)
-    return app
-
-
-@pytest.fixture
-async def start(runtime, pool, tmp_path: Path) -> AsyncIterator[Start]:
-    runners: list[web.AppRunner] = []
-    upstreams = {}
-    for key, name in (("${UP}", "up"), ("${UP2}", "up2")):
-        runners.append(await listen(upstream_app(name), "127.0.0.1:0", reuse_port=False))
-        upstreams[key] = _url(runners[-1])
-
-    async def starter(config: dict[str, Any], modules: dict[str, bytes] | None = None) -> str:
-        for name, wasm in (modules or {}).items():
-            (tmp_path / f"{name}.wasm").write_bytes(wasm)
-        text = json.dumps({"listen": "127.0.0.1:0", "module_dirs": [str(tmp_path)], **config})
-        for key, url in upstreams.items():
-            text = text.replace(key, url)
-        runners.append(await start_gateway(parse_config(json.loads(text)), runtime, pool))
-        return _url(runners[-1])
-
-    yield Start(starter, upstreams)
-    for runner in reversed(runners):
-        await runner.cleanup()
-
-
-def route(**extra: Any) -> dict[str, Any]:
-    return {"name": "main", "upstream": "${UP}", **extra}
 
 
 async def test_a_request_reaches_the_upstream_and_its_answer_the_client(start):

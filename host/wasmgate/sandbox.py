@@ -62,6 +62,7 @@ class Sandbox:
         "checkpoint",
         "phase_deadline",
         "requests_served",
+        "output",
         "_runtime",
         "_store",
         "_instance",
@@ -86,6 +87,7 @@ class Sandbox:
         self.checkpoint: bytes | None = None  # the processor's, in this request: it outlives a failed instance
         self.phase_deadline = 0.0  # time.monotonic() when the running phase must be over
         self.requests_served = 0  # by a pooled instance
+        self.output: dict[int, bytearray] = {}  # stdout and stderr (WASI), until a line is whole
         self._runtime = runtime
         self._memory: object | None = None  # byref of the instance's memory
         self._funcs: dict[bytes, object] = {}  # byref of each function called
@@ -123,6 +125,7 @@ class Sandbox:
         self.exchange = None
         self.calls = None
         self.checkpoint = None
+        self.output.clear()
         self.replaced_body = None
         self.local_response = None
         self.log_lines = 0

@@ -33,10 +33,13 @@ def fd_write(sandbox: Sandbox, memory: GuestMemory, fd: int, iovs: int, count: i
     if fd not in (STDOUT, STDERR):
         return EBADF
     data = b"".join(memory.read(ptr, length, "fd_write's data") for ptr, length in memory.pairs(iovs, count, "iovecs"))
-    text = data.rstrip(b"\n")
-    if text:
-        severity = logging.INFO if fd == STDOUT else logging.WARNING
-        write_guest_log(sandbox, severity, text[:MAX_LOG_BYTES], len(text))
+    pending = sandbox.output.setdefault(fd, bytearray())
+    pending += data
+    # A line per log record: runtimes write piecemeal (Go's panic output comes a few bytes at a time).
+    while (end := pending.find(b"\n")) >= 0 or len(pending) > MAX_LOG_BYTES:
+        line = bytes(pending[:end] if end >= 0 else pending[:MAX_LOG_BYTES])
+        del pending[: end + 1 if end >= 0 else MAX_LOG_BYTES]
+        write_guest_log(sandbox, logging.INFO if fd == STDOUT else logging.WARNING, line, len(line))
     memory.write(written, struct.pack("<I", len(data)), "fd_write's result")
     return SUCCESS
 

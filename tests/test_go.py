@@ -1,0 +1,105 @@
+"""Go processors (sdk/go, WASI preview 1) in the gateway."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+
+import aiohttp
+import pytest
+from prometheus_client import REGISTRY
+
+from .conftest import ROOT, drive, make_processor, module_bytes, route
+
+
+@pytest.fixture(scope="session")
+def misbehave(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The hostile Go fixture, built from tests/go/misbehave."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail("Go 1.24 or newer is needed to build the Go test guest")
+    out = tmp_path_factory.mktemp("go") / "misbehave.wasm"
+    env = {**os.environ, "GOOS": "wasip1", "GOARCH": "wasm", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
+    subprocess.run(
+        [go, "build", "-buildmode=c-shared", "-o", str(out), "."],
+        cwd=ROOT / "tests" / "go" / "misbehave",
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return out.read_bytes()
+
+
+GO = {"memory_limit": "64MiB", "timeouts": {"init": "2s", "request_headers": "300ms"}}
+"""Go's runtime wants more room and a longer start than a Rust guest."""
+
+
+async def test_a_rust_and_a_go_processor_chain_through_the_gateway(start, caplog):
+    config = {
+        "processors": [
+            {"name": "pii", "module": "pii-redact", "body": "buffer"},
+            {"name": "go-inject", "module": "header-inject-go", "config": {"request": {"add": {"x-from": "go"}}}, **GO},
+        ],
+        "routes": [route(processors=["pii", "go-inject"])],
+    }
+    modules = {name: module_bytes(name) for name in ("pii-redact", "header-inject-go")}
+    gateway = await start(config, modules)
+    body = {"messages": [{"role": "user", "content": "I am a@example.com"}]}
+    with caplog.at_level(logging.INFO, logger="wasmgate.guest"):
+        async with aiohttp.ClientSession() as client, client.post(f"{gateway}/v1/chat", json=body) as response:
+            echo = await response.json()
+    assert echo["headers"]["x-from"] == "go"
+    assert json.loads(echo["body"])["messages"][0]["content"] == "I am [REDACTED:EMAIL]"
+    lines = [r.getMessage() for r in caplog.records if r.name == "wasmgate.guest"]
+    assert "[go-inject] header-inject-go ready: 1 request edits, 0 response edits" in lines
+
+
+@pytest.mark.parametrize(("how", "cause"), [("panic", "trap"), ("memory", "memory_limit"), ("spin", "timeout")])
+async def test_a_go_guest_that_fails_fails_its_request_with_the_cause_and_the_next_succeeds(
+    runtime, pool, misbehave, how, cause
+):
+    processor = make_processor(runtime, misbehave, **GO)
+    failed = await drive(runtime, pool, [processor], headers={"x-misbehave": how})
+    assert (failed.status, json.loads(failed.body)["error"]["cause"]) == (503, cause)
+    assert (await drive(runtime, pool, [processor])).upstream_headers["x-go"] == "ok"
+
+
+async def test_a_go_panic_reaches_the_log_under_the_processor(runtime, pool, misbehave, caplog):
+    processor = make_processor(runtime, misbehave, name="panicky", **GO)
+    with caplog.at_level(logging.INFO, logger="wasmgate.guest"):
+        await drive(runtime, pool, [processor], headers={"x-misbehave": "panic"})
+    assert any(r.getMessage().startswith("[panicky] panic: asked to panic") for r in caplog.records)
+
+
+def tokens(kind: str, processor: str, model: str) -> float:
+    labels = {"processor": processor, "model": model}
+    return REGISTRY.get_sample_value(f"wasmgate_guest_llm_{kind}_tokens_total", labels) or 0.0
+
+
+async def test_token_count_reads_a_json_completion_and_adds_headers_when_buffered(runtime, pool):
+    processor = make_processor(runtime, module_bytes("token-count"), config={"headers": True}, body="buffer", **GO)
+    answer = {"model": "m-1", "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 30}}
+    driven = await drive(
+        runtime,
+        pool,
+        [processor],
+        upstream_response=(200, {"content-type": "application/json"}, json.dumps(answer).encode()),
+    )
+    assert (driven.headers["x-tokens-prompt"], driven.headers["x-tokens-completion"]) == ("12", "30")
+    assert (tokens("prompt", processor.name, "m-1"), tokens("completion", processor.name, "m-1")) == (12, 30)
+
+
+async def test_token_count_reads_the_usage_event_of_a_stream(start):
+    config = {
+        "processors": [{"name": "tokens", "module": "token-count", **GO}],
+        "routes": [route(processors=["tokens"])],
+    }
+    gateway = await start(config, {"token-count": module_bytes("token-count")})
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/usage-events") as response:
+        events = [line async for line in response.content if line.startswith(b"data:")]
+    assert len(events) == 4
+    assert (tokens("prompt", "tokens", "m-s"), tokens("completion", "tokens", "m-s")) == (7, 3)
