@@ -10,7 +10,10 @@ import subprocess
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import REGISTRY
+
+from wasmgate.server import listen
 
 from .conftest import ROOT, drive, make_processor, module_bytes, route
 
@@ -103,3 +106,24 @@ async def test_token_count_reads_the_usage_event_of_a_stream(start):
         events = [line async for line in response.content if line.startswith(b"data:")]
     assert len(events) == 4
     assert (tokens("prompt", "tokens", "m-s"), tokens("completion", "tokens", "m-s")) == (7, 3)
+
+
+async def test_a_go_processor_calls_out_pauses_and_acts_on_the_answer(runtime, pool, misbehave):
+    async def answer(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.Response(status=202, body=body.upper(), headers={"x-seen-key": request.headers["Idempotency-Key"]})
+
+    app = web.Application()
+    app.router.add_post("/check", answer)
+    service = await listen(app, "127.0.0.1:0", reuse_port=False)
+    host, port = service.addresses[0][:2]
+    origin = f"http://{host}:{port}"
+    try:
+        processor = make_processor(runtime, misbehave, subrequests={"allow": [origin]}, **GO)
+        driven = await drive(runtime, pool, [processor], headers={"x-call-url": f"{origin}/check"})
+        denied = await drive(runtime, pool, [processor], headers={"x-call-url": "http://elsewhere.test/check"})
+    finally:
+        await service.cleanup()
+    seen = driven.upstream_headers
+    assert (seen["x-call-status"], seen["x-call-body"], len(seen["x-call-key"])) == ("202", "FROM GO", 32)
+    assert denied.upstream_headers["x-call-error"] == "denied"

@@ -1,6 +1,7 @@
 // misbehave is a test fixture: a Go processor that fails in the way a
 // request's x-misbehave header asks (panic, memory, spin), and otherwise
-// tags the request, so a test sees the next request go through.
+// tags the request, so a test sees the next request go through. With
+// x-call-url it calls that URL first and passes the answer on.
 package main
 
 import (
@@ -11,13 +12,22 @@ import (
 
 type misbehave struct {
 	wasmgate.DefaultProcessor
+	call wasmgate.Call
 }
 
 var hoard [][]byte
 
-func (misbehave) Init([]byte) (wasmgate.Phases, error) { return wasmgate.PhaseRequestHeaders, nil }
+func (*misbehave) Init([]byte) (wasmgate.Phases, error) { return wasmgate.PhaseRequestHeaders, nil }
 
-func (misbehave) OnRequestHeaders(bool) wasmgate.Action {
+func (p *misbehave) OnRequestHeaders(bool) wasmgate.Action {
+	if url, ok := wasmgate.RequestHeader("x-call-url"); ok {
+		call, err := wasmgate.StartCall(wasmgate.CallRequest{Method: "POST", URL: url, Body: []byte("from go")})
+		if err != nil {
+			panic(err)
+		}
+		p.call = call
+		return wasmgate.Pause
+	}
 	how, _ := wasmgate.RequestHeader("x-misbehave")
 	switch how {
 	case "panic":
@@ -35,8 +45,21 @@ func (misbehave) OnRequestHeaders(bool) wasmgate.Action {
 	return wasmgate.Continue
 }
 
+func (p *misbehave) OnResume() wasmgate.Action {
+	answer, err := p.call.Result()
+	if err != nil {
+		wasmgate.SetRequestHeader("x-call-error", err.Error())
+		return wasmgate.Continue
+	}
+	idempotency, _ := answer.Headers.Get("x-seen-key")
+	wasmgate.SetRequestHeader("x-call-status", fmt.Sprint(answer.Status))
+	wasmgate.SetRequestHeader("x-call-body", string(answer.Body))
+	wasmgate.SetRequestHeader("x-call-key", idempotency)
+	return wasmgate.Continue
+}
+
 func init() {
-	wasmgate.Register(func() wasmgate.Processor { return misbehave{} })
+	wasmgate.Register(func() wasmgate.Processor { return &misbehave{} })
 }
 
 func main() {}
