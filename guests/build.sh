@@ -31,12 +31,12 @@ build_rust() {
 }
 
 build_go() {
-    # wasip1 reactors with //go:wasmexport (Go 1.24 or newer); paths and
-    # build ids left out so another machine makes the same bytes.
+    # wasip1 reactors with //go:wasmexport (Go 1.24 or newer); paths, build
+    # ids and version-control stamps left out so any clone makes the same bytes.
     for module in "$repo"/guests/go/*/go.mod; do
         dir=$(dirname "$module")
         (cd "$dir" && GOOS=wasip1 GOARCH=wasm GOTOOLCHAIN=local GOFLAGS=-mod=mod \
-            go build -buildmode=c-shared -trimpath -ldflags=-buildid= -o "$out/$(basename "$dir").wasm" .)
+            go build -buildmode=c-shared -trimpath -buildvcs=false -ldflags=-buildid= -o "$out/$(basename "$dir").wasm" .)
     done
 }
 
