@@ -12,22 +12,36 @@ mkdir -p "$out"
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 
 build_rust() {
+    # Cargo's crate hashes depend on where the sources are, and they order the
+    # functions in a module: the sources are built from one fixed place, so
+    # every clone on every machine makes the same bytes.
+    local root=/tmp/wasmgate-guests-build
+    mkdir -p "$root"
+    exec 9>"$root/lock"
+    flock 9 # one build at a time in the fixed place
+    rm -rf "$root/src"
+    mkdir -p "$root/src/guests" "$root/src/sdk"
+    cp -r "$repo/wit" "$root/src/wit"
+    cp -r "$repo/sdk/rust" "$root/src/sdk/rust"
+    cp -r "$repo/guests/rust" "$root/src/guests/rust"
+    rm -rf "$root/src/sdk/rust/target" "$root/src/guests/rust/target"
     # Debian's rustc has the wasm32 standard library's sources (rust-web-src);
     # -Zbuild-std builds it, once per target dir.
     export RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1
     export __CARGO_TESTS_ONLY_SRC_ROOT=/usr/lib/rustlib/src/rust/library
-    export CARGO_TARGET_DIR="$repo/guests/target"
+    export CARGO_TARGET_DIR="$root/target"
     # A 128 KiB stack (Rust's default is 1 MiB) keeps a fresh instance's memory
     # small: the gateway starts one per request.
     export RUSTFLAGS="-C linker=/usr/bin/wasm-ld-14 -C link-arg=-zstack-size=131072 \
-        --remap-path-prefix=$repo=/wasmgate --remap-path-prefix=$cargo_home=/cargo"
+        --remap-path-prefix=$root/src=/wasmgate --remap-path-prefix=$cargo_home=/cargo"
     /usr/bin/cargo build --quiet --locked --release --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort \
-        --manifest-path "$repo/guests/rust/Cargo.toml"
+        --manifest-path "$root/src/guests/rust/Cargo.toml"
     for crate in "$repo"/guests/rust/*/Cargo.toml; do
         grep -q cdylib "$crate" || continue # a library the guests share
         name=$(basename "$(dirname "$crate")")
         cp "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/${name//-/_}.wasm" "$out/$name.wasm"
     done
+    flock -u 9
 }
 
 build_go() {
