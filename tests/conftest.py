@@ -200,3 +200,15 @@ async def start(runtime, pool, tmp_path: Path) -> AsyncIterator[Start]:
 
 def route(**extra: Any) -> dict[str, Any]:
     return {"name": "main", "upstream": "${UP}", **extra}
+
+
+async def header_echo(name: str) -> tuple[web.AppRunner, str]:
+    """An upstream on loopback answering with the value of request header ``name`` ("none" without it)."""
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=request.headers.get(name, "none"))
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = await listen(app, "127.0.0.1:0", reuse_port=False)
+    return runner, _url(runner)

@@ -18,15 +18,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from aiohttp import web
 
 from wasmgate.config import ConfigError, load_config, parse_config
 from wasmgate.oci import OciError, OciSource
 from wasmgate.processors import load_processors
-from wasmgate.server import listen, start_gateway
+from wasmgate.server import start_gateway
 
-from .conftest import MODULES
-from .wat import guest
+from .conftest import MODULES, header_echo
+from .wat import header_setter
 
 USER, PASSWORD = "deployer", "s3cret"
 
@@ -195,13 +194,7 @@ def test_wasmgate_push_publishes_a_module_the_gateway_serves(registry, runtime, 
     assert f"pin it with sha256: {sha}" in pushed.stdout
 
     async def scenario() -> str:
-        async def echo(request: web.Request) -> web.Response:
-            return web.Response(text=request.headers.get("x-from", "none"))
-
-        app = web.Application()
-        app.router.add_get("/", echo)
-        upstream = await listen(app, "127.0.0.1:0", reuse_port=False)
-        host, port = upstream.addresses[0][:2]
+        upstream, upstream_url = await header_echo("x-from")
         config = parse_config(
             {
                 "listen": "127.0.0.1:0",
@@ -215,7 +208,7 @@ def test_wasmgate_push_publishes_a_module_the_gateway_serves(registry, runtime, 
                         "config": {"request": {"add": {"x-from": "oci"}}},
                     }
                 ],
-                "routes": [{"name": "r", "upstream": f"http://{host}:{port}", "processors": ["inject"]}],
+                "routes": [{"name": "r", "upstream": upstream_url, "processors": ["inject"]}],
             }
         )
         gateway = await start_gateway(config, runtime, pool)
@@ -233,25 +226,13 @@ def test_wasmgate_push_publishes_a_module_the_gateway_serves(registry, runtime, 
 async def test_a_moved_tag_with_pull_policy_always_is_picked_up(registry, runtime, pool, tmp_path):
     def tagging(version: str) -> Path:
         path = tmp_path / f"tag-{version}.wasm"
-        path.write_bytes(
-            guest(
-                phases=1,
-                request_headers="i32.const 0 {s:name} {s:value} call $set-header i32.const 0",
-                strings={"name": "x-version", "value": version},
-            )
-        )
+        path.write_bytes(header_setter("x-version", version))
         return path
 
     source = registry.source(tmp_path / "push")
     source.push(tagging("v1"), registry.ref("mods/moving", "stable"))
 
-    async def echo(request: web.Request) -> web.Response:
-        return web.Response(text=request.headers.get("x-version", "none"))
-
-    app = web.Application()
-    app.router.add_get("/", echo)
-    upstream = await listen(app, "127.0.0.1:0", reuse_port=False)
-    host, port = upstream.addresses[0][:2]
+    upstream, upstream_url = await header_echo("x-version")
     config_path = tmp_path / "gateway.yaml"
     config_path.write_text(
         yaml.safe_dump(
@@ -263,7 +244,7 @@ async def test_a_moved_tag_with_pull_policy_always_is_picked_up(registry, runtim
                 "processors": [
                     {"name": "tag", "module": registry.ref("mods/moving", "stable"), "pull_policy": "always"}
                 ],
-                "routes": [{"name": "r", "upstream": f"http://{host}:{port}", "processors": ["tag"]}],
+                "routes": [{"name": "r", "upstream": upstream_url, "processors": ["tag"]}],
             }
         )
     )

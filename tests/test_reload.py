@@ -13,25 +13,20 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from aiohttp import web
 from prometheus_client import REGISTRY
 
 from wasmgate.config import load_config
-from wasmgate.server import listen, start_gateway
+from wasmgate.server import start_gateway
 
-from .wat import guest
+from .conftest import header_echo
+from .wat import header_setter
 
 SETTLE = 5.0
 """Seconds a test waits at most for a change to show: a bound, not a measurement (see bench/reload.py)."""
 
 
 def tagging(version: str) -> bytes:
-    """A module that tells the upstream which version of it ran."""
-    return guest(
-        phases=1,
-        request_headers="i32.const 0 {s:name} {s:value} call $set-header i32.const 0",
-        strings={"name": "x-version", "value": version},
-    )
+    return header_setter("x-version", version)
 
 
 def put(path: Path, data: bytes) -> None:
@@ -43,6 +38,13 @@ def put(path: Path, data: bytes) -> None:
 
 def reloads(result: str) -> float:
     return REGISTRY.get_sample_value("wasmgate_reloads_total", {"result": result}) or 0.0
+
+
+async def next_reload(result: str, before: float) -> None:
+    """Waits (a bounded while) until a reload with ``result`` has been counted since ``before``."""
+    deadline = time.monotonic() + SETTLE
+    while reloads(result) == before and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 class Live:
@@ -58,7 +60,7 @@ class Live:
 
     async def version(self, client: aiohttp.ClientSession, path: str = "/") -> tuple[int, str]:
         async with client.get(f"{self.url}{path}") as response:
-            return response.status, response.headers.get("x-seen-version", "")
+            return response.status, await response.text()
 
     async def until(self, client: aiohttp.ClientSession, expected: str, path: str = "/") -> None:
         deadline = time.monotonic() + SETTLE
@@ -71,13 +73,8 @@ class Live:
 
 @pytest.fixture
 async def live(runtime, pool, tmp_path: Path) -> AsyncIterator[Live]:
-    async def echo(request: web.Request) -> web.Response:
-        return web.Response(headers={"x-seen-version": request.headers.get("x-version", "none")})
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", echo)
-    runners = [await listen(app, "127.0.0.1:0", reuse_port=False)]
-    host, port = runners[0].addresses[0][:2]
+    upstream, upstream_url = await header_echo("x-version")
+    runners = [upstream]
     (tmp_path / "modules").mkdir()
     put(tmp_path / "modules" / "tag.wasm", tagging("v1"))
     config = {
@@ -85,7 +82,7 @@ async def live(runtime, pool, tmp_path: Path) -> AsyncIterator[Live]:
         "module_dirs": ["modules"],
         "cache_dir": str(tmp_path / "cache"),
         "processors": [{"name": "tag", "module": "tag"}],
-        "routes": [{"name": "main", "upstream": f"http://{host}:{port}", "processors": ["tag"]}],
+        "routes": [{"name": "main", "upstream": upstream_url, "processors": ["tag"]}],
     }
     put(tmp_path / "gateway.yaml", yaml.safe_dump(config).encode())
     config_path = tmp_path / "gateway.yaml"
@@ -119,9 +116,7 @@ async def test_a_replaced_module_serves_new_requests_and_no_request_fails(live):
 async def test_a_corrupt_module_is_rejected_and_the_old_one_keeps_serving(live):
     rejected = reloads("rejected")
     put(live.directory / "modules" / "tag.wasm", b"\0asm garbage")
-    deadline = time.monotonic() + SETTLE
-    while reloads("rejected") == rejected and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await next_reload("rejected", rejected)
     assert reloads("rejected") == rejected + 1
     async with aiohttp.ClientSession() as client:
         assert await live.version(client) == (200, "v1")
@@ -130,9 +125,7 @@ async def test_a_corrupt_module_is_rejected_and_the_old_one_keeps_serving(live):
 async def test_a_removed_module_keeps_serving_until_the_config_drops_it(live):
     applied, rejected = reloads("applied"), reloads("rejected")
     (live.directory / "modules" / "tag.wasm").unlink()  # a reload, with the module gone from disk
-    deadline = time.monotonic() + SETTLE
-    while reloads("applied") == applied and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await next_reload("applied", applied)
     assert (reloads("applied") > applied, reloads("rejected")) == (True, rejected)
     async with aiohttp.ClientSession() as client:
         assert await live.version(client) == (200, "v1")
@@ -152,9 +145,7 @@ async def test_a_changed_config_takes_effect(live):
 async def test_a_broken_config_is_rejected_and_the_running_one_stays(live):
     rejected = reloads("rejected")
     live.write_config(routes=[{"name": "main", "upstream": "not a url"}])
-    deadline = time.monotonic() + SETTLE
-    while reloads("rejected") == rejected and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await next_reload("rejected", rejected)
     assert reloads("rejected") == rejected + 1
     async with aiohttp.ClientSession() as client:
         assert await live.version(client) == (200, "v1")

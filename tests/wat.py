@@ -107,3 +107,12 @@ def guest(**parts: object) -> bytes:
 
 def _escape(data: bytes) -> str:
     return "".join(chr(b) if 32 <= b < 127 and b not in (34, 92) else f"\\{b:02x}" for b in data)
+
+
+def header_setter(name: str, value: str) -> bytes:
+    """A guest that sets request header ``name`` to ``value``: which version ran shows upstream."""
+    return guest(
+        phases=1,
+        request_headers="i32.const 0 {s:name} {s:value} call $set-header i32.const 0",
+        strings={"name": name, "value": value},
+    )
