@@ -18,6 +18,7 @@ from wasmgate.exchange import Exchange, LocalResponse, RequestFacts
 from wasmgate.executor import GuestPool
 from wasmgate.processors import Processor, build_processor
 from wasmgate.server import listen, start_gateway
+from wasmgate.state import State
 from wasmgate.subrequests import CallClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,11 +43,13 @@ def pool() -> Iterator[GuestPool]:
 _names = iter(range(1_000_000))
 
 
-def make_processor(runtime: Runtime, wasm: bytes, name: str | None = None, **settings: Any) -> Processor:
-    """A processor from module bytes; ``settings`` are processor config keys."""
+def make_processor(
+    runtime: Runtime, wasm: bytes, name: str | None = None, state: State | None = None, **settings: Any
+) -> Processor:
+    """A processor from module bytes, with the shared ``state`` given; ``settings`` are processor config keys."""
     name = name or f"p{next(_names)}"
     spec = ProcessorConfig(name=name, module=name, **settings)
-    return build_processor(runtime, spec, runtime.compile(name, wasm))
+    return build_processor(runtime, spec, runtime.compile(name, wasm), state)
 
 
 def module_bytes(name: str) -> bytes:

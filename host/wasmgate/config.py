@@ -281,6 +281,30 @@ class OciConfig(_Model):
     """How often tags with pull_policy always are resolved again."""
 
 
+class StateBackendKind(enum.StrEnum):
+    MEMORY = "memory"
+    REDIS = "redis"
+
+
+class StateConfig(_Model):
+    """Where processors' shared state lives (counters, key-value): see ``state``."""
+
+    backend: StateBackendKind = StateBackendKind.MEMORY
+    url: str = "redis://127.0.0.1:6379/0"
+    """For redis."""
+    timeout: Duration = 0.5
+    """Bounds each call to redis; no call starts past the phase's deadline."""
+    path: Path | None = None
+    """For memory: the database the gateway's processes share; made at start when not given."""
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if yarl.URL(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"{value!r} is not a Redis URL; write for example redis://127.0.0.1:6379/0")
+        return value
+
+
 class Config(_Model):
     listen: Address = "0.0.0.0:8080"
     admin_listen: Address = "127.0.0.1:9901"
@@ -291,6 +315,7 @@ class Config(_Model):
     upstream: UpstreamConfig = UpstreamConfig()
     sandbox: SandboxConfig = SandboxConfig()
     oci: OciConfig = OciConfig()
+    state: StateConfig = StateConfig()
     max_subrequest_depth: int = Field(3, ge=0, le=32)
     """Requests carrying a ``Wasmgate-Depth`` over this are refused: processors calling
     back into a gateway cannot loop."""

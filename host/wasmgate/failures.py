@@ -23,6 +23,8 @@ class Cause(enum.StrEnum):
     """The guest's ``init`` returned an error for its config."""
     OVERLOADED = "overloaded"
     """No sandbox could be had: every instance slot of the engine is in use."""
+    STATE_UNAVAILABLE = "state_unavailable"
+    """The shared state's backend failed or did not answer in time."""
 
 
 class ProcessorFailure(Exception):

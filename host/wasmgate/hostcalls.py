@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import struct
+import time
 from collections.abc import Callable
 
 import wasmtime
@@ -26,6 +27,7 @@ from .exchange import LocalResponse, check_header, header_bytes
 from .failures import AbiViolation, Cause, ProcessorFailure
 from .metrics import GUEST_LOG_DROPPED
 from .sandbox import Sandbox, active
+from .state import State, StateUnavailable
 from .subrequests import CallResponse
 
 guest_log = logging.getLogger("wasmgate.guest")
@@ -36,6 +38,8 @@ MAX_LOG_BYTES = 4096
 MAX_HEADER_BYTES = 64 * 1024
 """Bounds each header map a guest can grow, so a guest cannot grow the host."""
 MAX_CHECKPOINT_BYTES = 64 * 1024
+MAX_STATE_KEY_BYTES = 1024
+MAX_STATE_VALUE_BYTES = 64 * 1024
 
 _LOG_LEVELS = {
     LogLevel.TRACE: logging.DEBUG,
@@ -341,6 +345,84 @@ def get_checkpoint(sandbox: Sandbox, memory: GuestMemory, retptr: int) -> None:
         memory.write_u32s(retptr, (0,), "get-checkpoint's return area")
     else:
         memory.write_u32s(retptr, (1, memory.alloc(data, "get-checkpoint"), len(data)), "get-checkpoint's return area")
+
+
+def _state(sandbox: Sandbox, call: str, key_ptr: int, key_len: int, memory: GuestMemory) -> tuple[State, bytes, float]:
+    """The backend, the key in the processor's namespace, and what is left of the phase for the call."""
+    facts = _exchange(sandbox, call).facts
+    state = sandbox.processor.state
+    if state is None:
+        raise ProcessorFailure(Cause.STATE_UNAVAILABLE, f"{call}: the gateway has no state backend")
+    if key_len > MAX_STATE_KEY_BYTES:
+        raise AbiViolation(f"{call}: a {key_len}-byte key is longer than {MAX_STATE_KEY_BYTES} bytes")
+    remaining = sandbox.phase_deadline - time.monotonic()
+    if remaining <= 0:
+        raise ProcessorFailure(Cause.TIMEOUT, f"{call}: the phase's deadline passed")
+    # Tenant and processor names cannot hold a NUL: a guest's key cannot reach out of its namespace.
+    namespace = f"{facts.tenant}\0{sandbox.processor.name}\0".encode()
+    return state, namespace + memory.read(key_ptr, key_len, f"{call}'s key"), remaining
+
+
+def _unavailable(call: str, error: StateUnavailable) -> ProcessorFailure:
+    return ProcessorFailure(Cause.STATE_UNAVAILABLE, f"{call}: {error}")
+
+
+@host_call("counter-add", "iiIiiIi")
+def counter_add(
+    sandbox: Sandbox,
+    memory: GuestMemory,
+    kp: int,
+    kl: int,
+    delta: int,
+    window_ms: int,
+    has_limit: int,
+    limit: int,
+    retptr: int,
+) -> None:
+    state, key, remaining = _state(sandbox, "counter-add", kp, kl, memory)
+    if window_ms == 0:
+        raise AbiViolation("counter-add: a window of 0 ms")
+    try:
+        counter = state.counter_add(key, delta, window_ms, limit if has_limit & 0xFF else None, remaining)
+    except StateUnavailable as error:
+        raise _unavailable("counter-add", error) from None
+    if retptr % 8:
+        raise AbiViolation(f"counter-add: return area 0x{retptr:x} is not 8-byte aligned")
+    area = struct.pack("<qIB3x", counter.value, min(counter.reset_ms, 0xFFFFFFFF), counter.applied)
+    memory.write(retptr, area, "counter-add's result")
+
+
+@host_call("kv-get", "iii")
+def kv_get(sandbox: Sandbox, memory: GuestMemory, kp: int, kl: int, retptr: int) -> None:
+    state, key, remaining = _state(sandbox, "kv-get", kp, kl, memory)
+    try:
+        value = state.kv_get(key, remaining)
+    except StateUnavailable as error:
+        raise _unavailable("kv-get", error) from None
+    if value is None:
+        memory.write_u32s(retptr, (0,), "kv-get's result")
+    else:
+        memory.write_u32s(retptr, (1, memory.alloc(value, "kv-get"), len(value)), "kv-get's result")
+
+
+@host_call("kv-set", "iiiii")
+def kv_set(sandbox: Sandbox, memory: GuestMemory, kp: int, kl: int, vp: int, vl: int, ttl_ms: int) -> None:
+    state, key, remaining = _state(sandbox, "kv-set", kp, kl, memory)
+    if vl > MAX_STATE_VALUE_BYTES:
+        raise AbiViolation(f"kv-set: a {vl}-byte value is larger than {MAX_STATE_VALUE_BYTES} bytes")
+    try:
+        state.kv_set(key, memory.read(vp, vl, "kv-set's value"), ttl_ms, remaining)
+    except StateUnavailable as error:
+        raise _unavailable("kv-set", error) from None
+
+
+@host_call("kv-delete", "ii")
+def kv_delete(sandbox: Sandbox, memory: GuestMemory, kp: int, kl: int) -> None:
+    state, key, remaining = _state(sandbox, "kv-delete", kp, kl, memory)
+    try:
+        state.kv_delete(key, remaining)
+    except StateUnavailable as error:
+        raise _unavailable("kv-delete", error) from None
 
 
 @host_call("log", "iii")

@@ -20,6 +20,7 @@ from .instances import SandboxPool
 from .metrics import GuestMetrics, ProcessorMetrics
 from .sandbox import Sandbox
 from .sources import ModuleCatalog, ModuleNotFound
+from .state import State
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +39,8 @@ class Processor:
     memory_limit: int
     subrequests: SubrequestConfig
     phase_retries: int
+    state: State | None
+    """The gateway's shared state (counters, key-value), when it has one."""
     pool: SandboxPool | None
     """Idle instances for ``instances: pooled``; None for fresh instances."""
     guest_metrics: GuestMetrics
@@ -47,7 +50,9 @@ class Processor:
         return hook in self.hooks
 
 
-def build_processor(runtime: Runtime, spec: ProcessorConfig, module: CompiledModule) -> Processor:
+def build_processor(
+    runtime: Runtime, spec: ProcessorConfig, module: CompiledModule, state: State | None = None
+) -> Processor:
     """Makes a processor and runs its ``init`` once to check it and learn its phases."""
     fallback = None
     if spec.fallback is not None:
@@ -67,6 +72,7 @@ def build_processor(runtime: Runtime, spec: ProcessorConfig, module: CompiledMod
         memory_limit=spec.memory_limit,
         subrequests=spec.subrequests,
         phase_retries=spec.phase_retries,
+        state=state,
         pool=SandboxPool(spec.pool) if spec.instances is InstanceMode.POOLED else None,
         guest_metrics=GuestMetrics(spec.name),
         metrics=ProcessorMetrics(spec.name),
@@ -84,7 +90,9 @@ def module_name(reference: str) -> str:
     return reference.rsplit("/", 1)[-1].split("@")[0].split(":")[0] if reference.startswith("oci://") else reference
 
 
-def load_processors(runtime: Runtime, config: Config, catalog: ModuleCatalog | None = None) -> dict[str, Processor]:
+def load_processors(
+    runtime: Runtime, config: Config, catalog: ModuleCatalog | None = None, state: State | None = None
+) -> dict[str, Processor]:
     """Every processor of ``config``; all problems at once, as a ``ConfigError``.
 
     Modules come from ``catalog`` (by default, the config's module_dirs),
@@ -110,7 +118,7 @@ def load_processors(runtime: Runtime, config: Config, catalog: ModuleCatalog | N
             problems.append(f"processors[{i}].sha256: {spec.module} has sha256 {module.sha256}, not the pinned one")
             continue
         try:
-            processors[spec.name] = build_processor(runtime, spec, module)
+            processors[spec.name] = build_processor(runtime, spec, module, state)
         except ProcessorFailure as failure:
             problems.append(f"processors[{i}].config: init of {spec.module} failed: {failure}")
     if problems:

@@ -11,9 +11,9 @@ requests already started finish with the versions they started with, and
 new requests get the new ones. A reload that fails is logged and counted,
 and the running versions keep serving.
 
-Live: processors, routes, module_dirs, max_subrequest_depth. The listen
-addresses, ``sandbox``, ``upstream`` and ``cache_dir`` need a restart; a
-reload that changes them says so and applies the rest.
+Live: processors, routes, module_dirs, oci, max_subrequest_depth. The
+listen addresses, ``sandbox``, ``upstream``, ``cache_dir`` and ``state``
+need a restart; a reload that changes them says so and applies the rest.
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ from .processors import Processor, load_processors
 from .proxy import Gateway
 from .routing import build_routes
 from .sources import ModuleCatalog
+from .state import State
 
 log = logging.getLogger("wasmgate.reload")
 
 WATCH_DEBOUNCE_MS = 200
 """Changes are taken in once they have settled this long: a module being copied in is read whole."""
-_NEEDS_RESTART = ("listen", "admin_listen", "sandbox", "upstream", "cache_dir")
+_NEEDS_RESTART = ("listen", "admin_listen", "sandbox", "upstream", "cache_dir", "state")
 
 
 def publish(processors: dict[str, Processor], previous: dict[str, Processor] | None = None) -> None:
@@ -64,6 +65,7 @@ class Reloader:
         gateway: Gateway,
         runtime: Runtime,
         catalog: ModuleCatalog,
+        state: State,
         config: Config,
         processors: dict[str, Processor],
         config_path: Path,
@@ -71,6 +73,7 @@ class Reloader:
         self._gateway = gateway
         self._runtime = runtime
         self._catalog = catalog
+        self._state = state
         self._config = config
         self._processors = processors
         self._config_path = config_path.resolve()
@@ -128,8 +131,12 @@ class Reloader:
         async with self._lock:
             try:
                 config = load_config(self._config_path)
+                if config.state.path is None:  # the memory database made at start stays the one
+                    config = config.model_copy(
+                        update={"state": config.state.model_copy(update={"path": self._config.state.path})}
+                    )
                 processors = await asyncio.get_running_loop().run_in_executor(
-                    None, load_processors, self._runtime, config, self._catalog_for(config)
+                    None, load_processors, self._runtime, config, self._catalog_for(config), self._state
                 )
             except ConfigError as error:
                 RELOADS.labels("rejected").inc()

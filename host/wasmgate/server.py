@@ -26,7 +26,7 @@ from pathlib import Path
 from aiohttp import web
 
 from . import logs
-from .config import Config, split_address
+from .config import Config, StateBackendKind, split_address
 from .engine import Runtime
 from .executor import GuestPool
 from .processors import load_processors
@@ -34,17 +34,28 @@ from .proxy import Gateway, app
 from .reload import Reloader, publish
 from .routing import build_routes
 from .sources import ModuleCatalog
+from .state import MemoryState, open_state
 
 log = logging.getLogger("wasmgate.server")
 
 
 def check(config: Config) -> None:
-    """Compiles every module and runs every processor's init; raises ``ConfigError``."""
+    """Compiles every module, runs every processor's init and reaches the state backend; raises ``ConfigError``."""
+    if config.state.backend is StateBackendKind.REDIS:
+        open_state(config.state)
     runtime = Runtime(cache_dir=config.cache_dir, max_instances=max(64, len(config.processors)))
     try:
         load_processors(runtime, config)
     finally:
         runtime.close()
+
+
+def shared_state(config: Config) -> tuple[Config, MemoryState | None]:
+    """Makes the memory backend's database before worker processes start, so they all open the same one."""
+    if config.state.backend is not StateBackendKind.MEMORY or config.state.path is not None:
+        return config, None
+    made = MemoryState.create()
+    return config.model_copy(update={"state": config.state.model_copy(update={"path": made.path})}), made
 
 
 async def listen(application: web.Application, address: str, reuse_port: bool) -> web.AppRunner:
@@ -67,14 +78,19 @@ async def start_gateway(
     and reloaded live; the app's ``RELOADER`` takes SIGHUP.
     """
     catalog = ModuleCatalog.for_config(config)
-    processors = await asyncio.get_running_loop().run_in_executor(None, load_processors, runtime, config, catalog)
+    loop = asyncio.get_running_loop()
+    config, made = shared_state(config)
+    state = await loop.run_in_executor(None, open_state, config.state)
+    processors = await loop.run_in_executor(None, load_processors, runtime, config, catalog, state)
     gateway = Gateway(
         build_routes(config.routes, processors), runtime, pool, config.upstream, config.max_subrequest_depth
     )
     publish(processors)
     application = app(gateway)
+    if made is not None:
+        application.on_cleanup.append(lambda _: asyncio.to_thread(made.remove))
     if config_path is not None:
-        reloader = application[RELOADER] = Reloader(gateway, runtime, catalog, config, processors, config_path)
+        reloader = application[RELOADER] = Reloader(gateway, runtime, catalog, state, config, processors, config_path)
         reloader.start()
         application.on_cleanup.append(lambda _: reloader.stop())
     return await listen(application, config.listen, reuse_port)
@@ -140,6 +156,7 @@ def _worker(config: Config, config_path: Path | None, ready: Event) -> None:
 
 def _supervise(config: Config, workers: int, config_path: Path | None) -> None:
     check(config)  # one clear report of every problem, before any worker starts
+    config, made = shared_state(config)  # one memory database for every worker
     metrics_dir = tempfile.mkdtemp(prefix="wasmgate-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by each worker's prometheus-client at import
     context = multiprocessing.get_context("spawn")
@@ -188,5 +205,7 @@ def _supervise(config: Config, workers: int, config_path: Path | None) -> None:
             for process, _ in slots:
                 process.join(max(0.0, deadline - time.monotonic()))
             shutil.rmtree(metrics_dir, ignore_errors=True)
+            if made is not None:
+                made.remove()
 
     _run_loop(main)
