@@ -3,7 +3,9 @@
 //! way the canonical ABI says.
 
 use crate::headers::Headers;
-use crate::types::{CallError, CallRequest, CallResponse, LogLevel, Message, MetricKind, RequestInfo, Response};
+use crate::types::{
+    CallError, CallRequest, CallResponse, Counter, LogLevel, Message, MetricKind, RequestInfo, Response,
+};
 
 mod raw {
     #[link(wasm_import_module = "wasmgate:processor/host@0.1.0")]
@@ -49,6 +51,22 @@ mod raw {
         pub fn set_checkpoint(data: *const u8, len: usize);
         #[link_name = "get-checkpoint"]
         pub fn get_checkpoint(ret: *mut u32);
+        #[link_name = "counter-add"]
+        pub fn counter_add(
+            key: *const u8,
+            key_len: usize,
+            delta: i64,
+            window_ms: i32,
+            has_limit: i32,
+            limit: i64,
+            ret: *mut u64,
+        );
+        #[link_name = "kv-get"]
+        pub fn kv_get(key: *const u8, key_len: usize, ret: *mut u32);
+        #[link_name = "kv-set"]
+        pub fn kv_set(key: *const u8, key_len: usize, value: *const u8, value_len: usize, ttl_ms: i32);
+        #[link_name = "kv-delete"]
+        pub fn kv_delete(key: *const u8, key_len: usize);
         #[link_name = "log"]
         pub fn log(level: i32, message: *const u8, len: usize);
         #[link_name = "define-metric"]
@@ -223,6 +241,39 @@ pub fn checkpoint() -> Option<Vec<u8>> {
         raw::get_checkpoint(ret.as_mut_ptr());
         (ret[0] & 0xff == 1).then(|| take_bytes(ret[1], ret[2]))
     }
+}
+
+pub fn counter_add(key: &str, delta: i64, window_ms: u32, limit: Option<i64>) -> Counter {
+    // record counter { value: s64, reset-ms: u32, applied: bool }: 16 bytes, 8-aligned.
+    let mut ret = [0u64; 2];
+    unsafe {
+        raw::counter_add(
+            key.as_ptr(),
+            key.len(),
+            delta,
+            window_ms as i32,
+            limit.is_some() as i32,
+            limit.unwrap_or(0),
+            ret.as_mut_ptr(),
+        )
+    };
+    Counter { value: ret[0] as i64, reset_ms: ret[1] as u32, applied: (ret[1] >> 32) & 0xff != 0 }
+}
+
+pub fn kv_get(key: &str) -> Option<Vec<u8>> {
+    let mut ret = [0u32; 3];
+    unsafe {
+        raw::kv_get(key.as_ptr(), key.len(), ret.as_mut_ptr());
+        (ret[0] & 0xff == 1).then(|| take_bytes(ret[1], ret[2]))
+    }
+}
+
+pub fn kv_set(key: &str, value: &[u8], ttl_ms: u32) {
+    unsafe { raw::kv_set(key.as_ptr(), key.len(), value.as_ptr(), value.len(), ttl_ms as i32) }
+}
+
+pub fn kv_delete(key: &str) {
+    unsafe { raw::kv_delete(key.as_ptr(), key.len()) }
 }
 
 pub fn log(level: LogLevel, message: &str) {

@@ -35,7 +35,7 @@ mod types;
 pub use headers::Headers;
 pub use traits::Processor;
 pub use types::{
-    Action, CallError, CallRequest, CallResponse, LogLevel, Message, MetricKind, Phases, RequestInfo, Response,
+    Action, CallError, CallRequest, CallResponse, Counter, LogLevel, Message, MetricKind, Phases, RequestInfo, Response,
 };
 
 // What needs the gateway's imports exists only in the Wasm build; the pure
@@ -53,6 +53,8 @@ pub mod metrics;
 pub mod request;
 #[cfg(target_arch = "wasm32")]
 pub mod response;
+#[cfg(target_arch = "wasm32")]
+pub mod state;
 
 #[cfg(target_arch = "wasm32")]
 pub use hostcalls::log;

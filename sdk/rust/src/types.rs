@@ -1,6 +1,7 @@
 //! The values hooks and host calls exchange, as the WIT world defines them.
 
 use crate::headers::Headers;
+use crate::json::Json;
 
 /// What the gateway does when a hook returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +114,26 @@ impl Response {
         self.body = body.into();
         self
     }
+
+    /// A response written in a processor's config, as `{status, headers, body}`
+    /// (`headers` and `body` optional); `key` names it in errors.
+    pub fn from_config(value: &Json, key: &str) -> Result<Response, String> {
+        let status = value.get("status").and_then(Json::as_f64).ok_or(format!("{key}.status: must be a number"))?;
+        if !(100.0..=599.0).contains(&status) {
+            return Err(format!("{key}.status: {status} is not an HTTP status"));
+        }
+        let mut response = Response::new(status as u16);
+        if let Some(headers) = value.get("headers") {
+            for (name, value) in headers.as_object().ok_or(format!("{key}.headers: must be an object"))? {
+                let value = value.as_str().ok_or(format!("{key}.headers.{name}: must be a string"))?;
+                response = response.header(name.as_str(), value);
+            }
+        }
+        if let Some(body) = value.get("body") {
+            response = response.body(body.as_str().ok_or(format!("{key}.body: must be a string"))?);
+        }
+        Ok(response)
+    }
 }
 
 /// A sub-request, started with [`crate::calls::start`]:
@@ -191,4 +212,15 @@ impl CallError {
             _ => CallError::Cancelled,
         }
     }
+}
+
+/// A counter after [`crate::state::counter_add`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Its value in the current window.
+    pub value: i64,
+    /// Milliseconds until the window ends and the counter starts again from 0.
+    pub reset_ms: u32,
+    /// False when the delta was not added, because the value would have passed the limit.
+    pub applied: bool,
 }

@@ -52,7 +52,7 @@ impl Guard {
                         if name != answer {
                             return Err(format!("response.{name}: unknown key (expected {answer})"));
                         }
-                        guard.block = response_from(response, &format!("response.{name}"))?;
+                        guard.block = Response::from_config(response, &format!("response.{name}"))?;
                     }
                 }
                 other => return Err(format!("{other}: unknown key (expected moderation_url, categories or response)")),
@@ -108,24 +108,6 @@ impl Guard {
         let categories = result.get("categories");
         self.categories.iter().any(|name| categories.and_then(|c| c.get(name)).and_then(Json::as_bool) == Some(true))
     }
-}
-
-fn response_from(value: &Json, key: &str) -> Result<Response, String> {
-    let status = value.get("status").and_then(Json::as_f64).ok_or(format!("{key}.status: must be a number"))?;
-    if !(100.0..=599.0).contains(&status) {
-        return Err(format!("{key}.status: {status} is not an HTTP status"));
-    }
-    let mut response = Response::new(status as u16);
-    if let Some(headers) = value.get("headers") {
-        for (name, value) in headers.as_object().ok_or(format!("{key}.headers: must be an object"))? {
-            let value = value.as_str().ok_or(format!("{key}.headers.{name}: must be a string"))?;
-            response = response.header(name.as_str(), value);
-        }
-    }
-    if let Some(body) = value.get("body") {
-        response = response.body(body.as_str().ok_or(format!("{key}.body: must be a string"))?);
-    }
-    Ok(response)
 }
 
 /// The text of `messages[*].content` whose role is `role` (strings, or text parts), one per line.
