@@ -56,7 +56,7 @@ async def upstream() -> AsyncIterator[str]:
 
 
 class Gateways:
-    """``wasmgate run`` processes with token-ratelimit (1,000 tokens an hour per x-user-id); ``start`` gives URL and admin URL."""
+    """``wasmgate run`` processes with token-ratelimit: 1,000 tokens an hour per x-user-id."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
