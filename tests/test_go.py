@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from wasmgate.server import listen
+from wasmgate.state import MemoryState
 
 from .conftest import ROOT, drive, make_processor, module_bytes, route
 
@@ -127,3 +128,16 @@ async def test_a_go_processor_calls_out_pauses_and_acts_on_the_answer(runtime, p
     seen = driven.upstream_headers
     assert (seen["x-call-status"], seen["x-call-body"], len(seen["x-call-key"])) == ("202", "FROM GO", 32)
     assert denied.upstream_headers["x-call-error"] == "denied"
+
+
+async def test_a_go_processor_counts_in_shared_state(runtime, pool, misbehave):
+    memory = MemoryState.create()
+    try:
+        processor = make_processor(runtime, misbehave, state=memory, **GO)
+        seen = []
+        for _ in range(3):
+            driven = await drive(runtime, pool, [processor], headers={"x-count": "1"})
+            seen.append((driven.upstream_headers["x-hits"], driven.upstream_headers["x-last"]))
+    finally:
+        memory.remove()
+    assert seen == [("1 true", "1"), ("2 true", "2"), ("2 false", "2")]

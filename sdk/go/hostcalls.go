@@ -57,6 +57,18 @@ func rawSetCheckpoint(data, dataLen uint32)
 //go:wasmimport wasmgate:processor/host@0.1.0 get-checkpoint
 func rawGetCheckpoint(ret uint32)
 
+//go:wasmimport wasmgate:processor/host@0.1.0 counter-add
+func rawCounterAdd(key, keyLen uint32, delta int64, windowMs, hasLimit uint32, limit int64, ret uint32)
+
+//go:wasmimport wasmgate:processor/host@0.1.0 kv-get
+func rawKvGet(key, keyLen, ret uint32)
+
+//go:wasmimport wasmgate:processor/host@0.1.0 kv-set
+func rawKvSet(key, keyLen, value, valueLen, ttlMs uint32)
+
+//go:wasmimport wasmgate:processor/host@0.1.0 kv-delete
+func rawKvDelete(key, keyLen uint32)
+
 //go:wasmimport wasmgate:processor/host@0.1.0 log
 func rawLog(level, message, messageLen uint32)
 
@@ -228,4 +240,39 @@ func recordMetric(metric uint32, labelValues []string, value float64) {
 	rawRecordMetric(metric, flatPtr(flat), uint32(len(labelValues)), value)
 	runtime.KeepAlive(flat)
 	runtime.KeepAlive(labelValues)
+}
+
+func counterAdd(key string, delta int64, windowMs uint32, limit *int64) Counter {
+	// record counter { value: s64, reset-ms: u32, applied: bool }: 16 bytes, 8-aligned.
+	ret := new([2]uint64)
+	var hasLimit uint32
+	var limitValue int64
+	if limit != nil {
+		hasLimit, limitValue = 1, *limit
+	}
+	rawCounterAdd(strPtr(key), uint32(len(key)), delta, windowMs, hasLimit, limitValue,
+		uint32(uintptr(unsafe.Pointer(ret))))
+	runtime.KeepAlive(key)
+	return Counter{Value: int64(ret[0]), ResetMs: uint32(ret[1]), Applied: (ret[1]>>32)&0xff != 0}
+}
+
+func kvGet(key string) ([]byte, bool) {
+	ret := new([6]uint32)
+	rawKvGet(strPtr(key), uint32(len(key)), area(ret))
+	runtime.KeepAlive(key)
+	if ret[0]&0xff != 1 {
+		return nil, false
+	}
+	return takeBytes(ret[1], ret[2]), true
+}
+
+func kvSet(key string, value []byte, ttlMs uint32) {
+	rawKvSet(strPtr(key), uint32(len(key)), bytesPtr(value), uint32(len(value)), ttlMs)
+	runtime.KeepAlive(key)
+	runtime.KeepAlive(value)
+}
+
+func kvDelete(key string) {
+	rawKvDelete(strPtr(key), uint32(len(key)))
+	runtime.KeepAlive(key)
 }

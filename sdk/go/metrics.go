@@ -20,15 +20,15 @@ type Metric struct {
 
 // NewCounter, NewGauge and NewHistogram describe a metric for Record.
 func NewCounter(name, help string, labels ...string) *Metric {
-	return &Metric{Kind: Counter, Name: name, Help: help, Labels: labels}
+	return &Metric{Kind: KindCounter, Name: name, Help: help, Labels: labels}
 }
 
 func NewGauge(name, help string, labels ...string) *Metric {
-	return &Metric{Kind: Gauge, Name: name, Help: help, Labels: labels}
+	return &Metric{Kind: KindGauge, Name: name, Help: help, Labels: labels}
 }
 
 func NewHistogram(name, help string, buckets []float64, labels ...string) *Metric {
-	return &Metric{Kind: Histogram, Name: name, Help: help, Labels: labels, Buckets: buckets}
+	return &Metric{Kind: KindHistogram, Name: name, Help: help, Labels: labels, Buckets: buckets}
 }
 
 // Record adds to a counter, sets a gauge or observes a histogram value;

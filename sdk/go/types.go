@@ -48,9 +48,9 @@ const (
 type MetricKind uint32
 
 const (
-	Counter MetricKind = iota
-	Gauge
-	Histogram
+	KindCounter MetricKind = iota
+	KindGauge
+	KindHistogram
 )
 
 // RequestInfo holds facts about the request being processed.
@@ -118,4 +118,11 @@ func (e CallError) Error() string {
 	default:
 		return "cancelled"
 	}
+}
+
+// Counter is a counter after CounterAdd.
+type Counter struct {
+	Value   int64  // its value in the current window
+	ResetMs uint32 // milliseconds until the window ends and it starts again from 0
+	Applied bool   // false when the delta was not added: the value would have passed the limit
 }

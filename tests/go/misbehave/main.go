@@ -1,7 +1,8 @@
 // misbehave is a test fixture: a Go processor that fails in the way a
 // request's x-misbehave header asks (panic, memory, spin), and otherwise
 // tags the request, so a test sees the next request go through. With
-// x-call-url it calls that URL first and passes the answer on.
+// x-call-url it calls that URL first and passes the answer on; with
+// x-count it counts requests in shared state.
 package main
 
 import (
@@ -42,6 +43,14 @@ func (p *misbehave) OnRequestHeaders(bool) wasmgate.Action {
 	}
 	fmt.Println("misbehave: behaving")
 	wasmgate.SetRequestHeader("x-go", "ok")
+	if _, ok := wasmgate.RequestHeader("x-count"); ok {
+		limit := int64(2)
+		counter := wasmgate.CounterAdd("hits", 1, 60_000, &limit)
+		wasmgate.SetRequestHeader("x-hits", fmt.Sprintf("%d %t", counter.Value, counter.Applied))
+		wasmgate.StateSet("last", []byte(fmt.Sprint(counter.Value)), 0)
+		last, _ := wasmgate.StateGet("last")
+		wasmgate.SetRequestHeader("x-last", string(last))
+	}
 	return wasmgate.Continue
 }
 
