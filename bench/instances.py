@@ -31,14 +31,22 @@ MODULES = Path(__file__).resolve().parent.parent / "host" / "wasmgate" / "module
 CONFIG = {"request": {"add": {"x-gateway": "bench"}}, "response": {"add": {"x-served-by": "wasmgate"}}}
 
 
-async def per_request(runtime: Runtime, pool: GuestPool, processor: Processor, requests: int) -> float:
+async def per_request(
+    runtime: Runtime,
+    pool: GuestPool,
+    processor: Processor,
+    requests: int,
+    headers: dict[str, str] | None = None,
+    answer: bytes = b"{}",
+) -> float:
+    """Seconds per request through a chain of ``processor``, requests one after another."""
     chain, calls = Chain([processor]), CallClient()
     facts = RequestFacts("POST", "/v1/chat/completions", "", "bench", "bench", "", "127.0.0.1")
 
     async def one() -> None:
-        run = ChainRun(chain, Exchange(facts, CIMultiDict(), "http://upstream.test"), runtime, pool, calls)
+        run = ChainRun(chain, Exchange(facts, CIMultiDict(headers or {}), "http://upstream.test"), runtime, pool, calls)
         await run.process_request(b"{}")
-        await run.process_response(200, CIMultiDict({"content-type": "application/json"}), b"{}")
+        await run.process_response(200, CIMultiDict({"content-type": "application/json"}), answer)
         await run.finish()
 
     for _ in range(min(200, requests)):
