@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,16 +23,10 @@ from wasmgate.oci import OciError, OciSource
 from wasmgate.processors import load_processors
 from wasmgate.server import start_gateway
 
-from .conftest import MODULES, header_echo
+from .conftest import MODULES, free_port, header_echo
 from .wat import header_setter
 
 USER, PASSWORD = "deployer", "s3cret"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Registry:
@@ -85,20 +78,21 @@ class Registry:
         return OciSource(cache, [self.address])
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    served = Registry(tmp_path_factory.mktemp("registry"), auth=False)
+def serving(directory: Path, auth: bool) -> Iterator[Registry]:
+    served = Registry(directory, auth)
     served.start()
     yield served
     served.stop()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    yield from serving(tmp_path_factory.mktemp("registry"), auth=False)
 
 
 @pytest.fixture(scope="module")
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    served = Registry(tmp_path_factory.mktemp("auth-registry"), auth=True)
-    served.start()
-    yield served
-    served.stop()
+    yield from serving(tmp_path_factory.mktemp("auth-registry"), auth=True)
 
 
 def test_a_pushed_module_is_pulled_by_tag_and_by_digest(registry, tmp_path):

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from .conftest import MODULES
-from .test_state import RedisServer, free_port
+from .conftest import MODULES, free_port
+from .test_state import RedisServer
 
 USAGE = {"prompt_tokens": 40, "completion_tokens": 60, "total_tokens": 100}
 

@@ -17,14 +17,8 @@ import pytest
 from wasmgate.config import ConfigError, StateBackendKind, StateConfig
 from wasmgate.state import MemoryState, State, open_state
 
-from .conftest import ROOT, drive, make_processor
+from .conftest import ROOT, drive, free_port, make_processor
 from .wat import guest
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class RedisServer:
