@@ -153,3 +153,15 @@ def test_a_guests_config_error_is_reported_with_the_config_key_when_loading(runt
         "processors[0].config: init of header-inject failed: "
         "init_failed: reply: unknown key (expected request or response)"
     ]
+
+
+def test_token_ratelimit_names_a_bad_window_in_its_config(runtime):
+    config = {"limits": [{"name": "l", "tokens": 10, "window": "soon"}], "counter": {"header": "x-user-id"}}
+    with pytest.raises(ProcessorFailure, match=r"limits\[0\]\.window: \"soon\" is not a duration"):
+        make_processor(runtime, module_bytes("token-ratelimit"), config=config)
+
+
+def test_token_ratelimit_needs_a_counter_header(runtime):
+    config = {"limits": [{"name": "l", "tokens": 10, "window": "1h"}]}
+    with pytest.raises(ProcessorFailure, match=r"counter\.header: required"):
+        make_processor(runtime, module_bytes("token-ratelimit"), config=config)
