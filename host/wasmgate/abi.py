@@ -190,7 +190,7 @@ class GuestMemory:
         if self._store is None:
             ffi.call_in(self._context, self._realloc, slots)
         else:
-            self._store.call(self._realloc, slots, release_gil=False)
+            self._store.call(self._realloc, slots)
         ptr = slots[0].u32
         self._view()
         if ptr == 0 or ptr % align:

@@ -35,7 +35,6 @@ class Processor:
     failure_mode: FailureMode
     fallback: LocalResponse | None
     timeouts: dict[Hook, float]
-    deadline_ticks: dict[Hook, int]
     memory_limit: int
     subrequests: SubrequestConfig
     phase_retries: int
@@ -45,6 +44,8 @@ class Processor:
     """Idle instances for ``instances: pooled``; None for fresh instances."""
     guest_metrics: GuestMetrics
     metrics: ProcessorMetrics
+    releasing_calls: dict[Hook, int] = dataclasses.field(default_factory=dict)
+    """How many more calls of each hook release the GIL, since one of them ran long (see ``sandbox``)."""
 
     def wants(self, hook: Hook) -> bool:
         return hook in self.hooks
@@ -68,7 +69,6 @@ def build_processor(
         failure_mode=spec.failure_mode,
         fallback=fallback,
         timeouts=timeouts,
-        deadline_ticks={hook: runtime.ticks(seconds) for hook, seconds in timeouts.items()},
         memory_limit=spec.memory_limit,
         subrequests=spec.subrequests,
         phase_retries=spec.phase_retries,

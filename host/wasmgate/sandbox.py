@@ -16,6 +16,13 @@ and is reported with a precise cause:
 
 A hook that returns ``pause`` is resumed (``resume``) once its calls have
 finished, within what is left of the same phase's deadline.
+
+The GIL: a hook call keeps it, since most hooks take microseconds and
+handing the GIL back and forth costs more (see ``ffi``). A guest that
+runs on through a whole epoch tick gives the event loop a turn on every
+further tick, so a long guest slows the loop down but never stops it; and
+the processor's next calls of that hook (``RELEASING_CALLS``) release the
+GIL, so a hook known to run long runs in parallel with the loop.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import TYPE_CHECKING
 from . import ffi
 from .abi import RESUME_EXPORT, WASM_PAGE, GuestMemory, Hook, Phases
 from .exchange import Exchange, LocalResponse
+from .executor import give_loop_a_turn
 from .failures import AbiViolation, Cause, ProcessorFailure
 from .subrequests import CallLedger
 
@@ -61,9 +69,10 @@ class Sandbox:
         "calls",
         "checkpoint",
         "phase_deadline",
+        "gil_released",
+        "ticks_run",
         "requests_served",
         "output",
-        "_runtime",
         "_store",
         "_instance",
         "_memory",
@@ -86,16 +95,17 @@ class Sandbox:
         self.calls: CallLedger | None = None  # set when the sandbox serves a request
         self.checkpoint: bytes | None = None  # the processor's, in this request: it outlives a failed instance
         self.phase_deadline = 0.0  # time.monotonic() when the running phase must be over
+        self.gil_released = False  # by the running hook call
+        self.ticks_run = 0  # epoch ticks the running hook call has seen
         self.requests_served = 0  # by a pooled instance
         self.output: dict[int, bytearray] = {}  # stdout and stderr (WASI), until a line is whole
-        self._runtime = runtime
         self._memory: object | None = None  # byref of the instance's memory
         self._funcs: dict[bytes, object] = {}  # byref of each function called
         self._slots = (ffi.RawVal * 4)()
         self._alloc_slots = (ffi.RawVal * 4)()  # cabi_realloc's, never in use twice at once
-        self._store: ffi.Store | None = ffi.Store(runtime.engine)
+        self._store: ffi.Store | None = ffi.Store(runtime.engine, _on_epoch_deadline)
         self._store.limit(2 * processor.memory_limit, TABLE_ELEMENTS)
-        self._enter(Hook.INIT, processor.deadline_ticks[Hook.INIT])
+        self._enter(Hook.INIT, time.monotonic() + processor.timeouts[Hook.INIT])
         try:
             try:
                 self._instance = self._store.instantiate(processor.module.pre)
@@ -104,7 +114,7 @@ class Sandbox:
             self._memory = ctypes.byref(self._store.export(self._instance, b"memory").of.memory)
             self._realloc = self._func(b"cabi_realloc")
             if processor.module.has_initialize:
-                self._store.call(self._func(b"_initialize"), self._slots)
+                self._call_hook(Hook.INIT, self._func(b"_initialize"))
         except BaseException as error:
             raise self._failure(error, Hook.INIT) from None
         finally:
@@ -140,12 +150,12 @@ class Sandbox:
 
     def init(self, config: bytes) -> int:
         """Runs the guest's ``init`` with its JSON config; returns its phase bits."""
-        self._enter(Hook.INIT, self.processor.deadline_ticks[Hook.INIT])
+        self._enter(Hook.INIT, time.monotonic() + self.processor.timeouts[Hook.INIT])
         try:
             slots = self._slots
             slots[0].u32 = self.memory().alloc(config, "the config")
             slots[1].u32 = len(config)
-            self._store.call(self._func(Hook.INIT.export), slots)
+            self._call_hook(Hook.INIT, self._func(Hook.INIT.export))
             result = slots[0].u32
             memory = self.memory()
             tag, payload, length = struct.unpack("<BxxxII", memory.read(result, 12, "init's result"))
@@ -171,8 +181,7 @@ class Sandbox:
         self.exchange = exchange
         self.replaced_body = None
         self.local_response = None
-        self.phase_deadline = time.monotonic() + self.processor.timeouts[hook]
-        self._enter(hook, self.processor.deadline_ticks[hook])
+        self._enter(hook, time.monotonic() + self.processor.timeouts[hook])
         slots = self._slots
         try:
             if hook.takes_body:
@@ -181,7 +190,7 @@ class Sandbox:
                 slots[2].u32 = end_of_stream
             else:
                 slots[0].u32 = end_of_stream  # ignored by on-done
-            self._store.call(self._func(hook.export), slots)
+            self._call_hook(hook, self._func(hook.export))
             action = 0 if hook is Hook.DONE else slots[0].u32  # on-done returns nothing
             self._post_return(hook, action)
         except BaseException as failure:
@@ -197,9 +206,9 @@ class Sandbox:
         if remaining <= 0:
             self.close()
             raise _deadline_passed(self.processor.timeouts[hook], hook)
-        self._enter(hook, self._runtime.ticks(remaining))
+        self._enter(hook, self.phase_deadline)
         try:
-            self._store.call(self._func(RESUME_EXPORT), self._slots)
+            self._call_hook(hook, self._func(RESUME_EXPORT))
             action = self._slots[0].u32
         except BaseException as failure:
             raise self._failure(failure, hook) from None
@@ -219,9 +228,10 @@ class Sandbox:
 
     # -- guest calls ---------------------------------------------------------
 
-    def _enter(self, hook: Hook, ticks: int) -> None:
-        """Starts a guarded region: one deadline, host calls allowed for ``hook``."""
-        self._store.set_deadline(ticks)
+    def _enter(self, hook: Hook, deadline: float) -> None:
+        """Starts a guarded region: one deadline (``time.monotonic()``), host calls allowed for ``hook``."""
+        self._store.set_deadline(1)  # the next tick calls _on_epoch_deadline
+        self.phase_deadline = deadline
         self.hook = hook
         self.fault = None
         _active.sandbox = self
@@ -230,10 +240,24 @@ class Sandbox:
         _active.sandbox = None
         self.hook = None
 
+    def _call_hook(self, hook: Hook, func: object) -> None:
+        """Calls a hook's export, keeping the GIL unless a recent call of this hook ran long."""
+        releasing = self.processor.releasing_calls
+        left = releasing.get(hook, 0)
+        self.gil_released = left > 0
+        self.ticks_run = 0
+        try:
+            self._store.call(func, self._slots, self.gil_released)
+        finally:
+            if self.ticks_run >= LONG_CALL_TICKS:
+                releasing[hook] = RELEASING_CALLS
+            elif left:
+                releasing[hook] = left - 1
+
     def _post_return(self, hook: Hook, result: int) -> None:
         if hook.post_return in self.processor.module.post_returns:
             self._slots[0].u32 = result  # ignored by on-done's, which takes nothing
-            self._store.call(self._func(hook.post_return), self._slots, release_gil=False)
+            self._store.call(self._func(hook.post_return), self._slots)
 
     def _func(self, name: bytes) -> object:
         func = self._funcs.get(name)
@@ -272,14 +296,37 @@ class Sandbox:
             size = self.memory_size()
             self.peak_memory = max(self.peak_memory, size)
             limit = self.processor.memory_limit
-            if isinstance(failure, ffi.WasmTrap) and failure.code == ffi.TRAP_INTERRUPT:
-                failure = _deadline_passed(self.processor.timeouts[hook], hook)
-            elif size > limit or size + WASM_PAGE > 2 * limit:
+            if size > limit or size + WASM_PAGE > 2 * limit:
                 failure = ProcessorFailure(Cause.MEMORY_LIMIT, self._memory_detail(size))
             else:
                 failure = ProcessorFailure(Cause.TRAP, _trap_summary(str(failure)))
         self.close()
         return failure
+
+
+LONG_CALL_TICKS = 2
+"""A call that sees this many epoch ticks ran for a whole tick at least; one it may merely have straddled."""
+RELEASING_CALLS = 1000
+"""After a long call of a hook, the processor's next this many calls of it release the GIL."""
+LOOP_TURN_TIMEOUT = 0.05
+"""How long a long guest waits for the event loop to take its turn before it goes on anyway."""
+
+
+@ffi.EpochCallback
+def _on_epoch_deadline(context: int, data: int, next_deadline: ctypes._Pointer, kind: ctypes._Pointer) -> int:
+    """Runs on every epoch tick while a guest runs: stops it past its deadline, else lets the event loop run."""
+    sandbox = active()
+    if sandbox is None:
+        return ffi.error("a guest ran outside a sandbox's guarded region")
+    if time.monotonic() >= sandbox.phase_deadline:
+        sandbox.fault = _deadline_passed(sandbox.processor.timeouts[sandbox.hook], sandbox.hook)
+        return ffi.error("the guest's deadline passed")
+    sandbox.ticks_run += 1
+    if sandbox.ticks_run >= LONG_CALL_TICKS and not sandbox.gil_released:
+        give_loop_a_turn(LOOP_TURN_TIMEOUT)
+    next_deadline[0] = 1
+    kind[0] = ffi.DEADLINE_CONTINUE
+    return 0
 
 
 def _deadline_passed(timeout: float, hook: Hook) -> ProcessorFailure:
