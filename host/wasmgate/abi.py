@@ -38,6 +38,10 @@ class Hook(enum.Enum):
     RESPONSE_BODY = ("on-response-body", True)
     DONE = ("on-done", False)
 
+    # Members are singletons: identity hashing is correct, and a C slot instead of
+    # Enum's Python-level __hash__ (a request looks hooks up in dicts about 30 times).
+    __hash__ = object.__hash__
+
     def __init__(self, wit_name: str, takes_body: bool) -> None:
         self.wit_name = wit_name
         self.takes_body = takes_body

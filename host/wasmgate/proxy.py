@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from . import logs
 from .chain import BodySource, ChainRun, StreamAborted
 from .config import UpstreamConfig
 from .engine import Runtime
@@ -26,8 +27,6 @@ from .executor import GuestPool
 from .metrics import REQUESTS
 from .routing import Route, match, upstream_url
 from .subrequests import DEPTH_HEADER, CallClient
-
-access_log = logging.getLogger("wasmgate.access")
 
 SMALL_BODY = 64 * 1024
 """Bodies known to be at most this are read whole: the chain then needs one
@@ -242,10 +241,10 @@ def _error(status: int, kind: str, message: str) -> web.Response:
 
 
 def _log_access(facts: RequestFacts, status: int, elapsed: float, run: ChainRun) -> None:
-    if not access_log.isEnabledFor(logging.INFO):
+    if not logs.access_log.isEnabledFor(logging.INFO):
         return
     processors = {name: {"outcome": o.result, "ms": round(o.seconds * 1000, 3)} for name, o in run.outcomes.items()}
-    access_log.info(
+    logs.access(
         json.dumps(
             {
                 "request_id": facts.request_id,
