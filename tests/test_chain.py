@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+from wasmgate.executor import GuestPool
+
 from .conftest import drive, make_processor
-from .wat import CONTINUE, guest
+from .wat import CONTINUE, guest, header_setter
 
 # Appends this processor's tag to `x-trail` on the request and on the response.
 TRAIL = "i32.const {message} {{s:trail}} {{s:tag}} call $add-header i32.const 0"
@@ -151,3 +153,25 @@ async def test_a_processor_sees_the_request_body_and_can_still_change_headers_wh
     )
     driven = await drive(runtime, pool, [buffering], body=b"{}")
     assert driven.upstream_headers["x-after-body"] == "yes"
+
+
+class CountingPool(GuestPool):
+    """A guest pool that counts the jobs (hops to a guest thread) it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.jobs = 0
+
+    def run(self, fn, *args):
+        self.jobs += 1
+        return super().run(fn, *args)
+
+
+async def test_a_phase_no_processor_takes_part_in_costs_no_hop_to_a_guest_thread(runtime):
+    pool = CountingPool()
+    try:
+        driven = await drive(runtime, pool, [make_processor(runtime, header_setter("x-seen", "yes"))])
+    finally:
+        pool.close()
+    assert driven.upstream_headers["x-seen"] == "yes"
+    assert pool.jobs == 1  # the request headers; the processor takes no response hook

@@ -17,7 +17,8 @@ body hook of that direction sees it as one chunk; while the request body
 is read the upstream request is held, so request headers and the upstream
 can still change. Otherwise body hooks see each chunk as it passes.
 
-Guest code runs on the guest pool, one hop per phase for the whole chain.
+Guest code runs on the guest pool, one hop per phase for the whole chain
+and none for a phase no processor on the route takes part in.
 A phase is a generator: when a hook returns ``pause`` it yields that
 processor's sandbox, the driver (``_drive``) performs its calls on the event
 loop (no thread waits), and the phase goes on with ``on-resume`` on a guest
@@ -61,6 +62,7 @@ class Chain:
 
     def __init__(self, processors: Sequence[Processor]) -> None:
         self.processors = tuple(processors)
+        self.hooks: frozenset[Hook] = frozenset().union(*(p.hooks for p in self.processors))
         self.buffers_request = self._buffer_limit(Hook.REQUEST_BODY)
         self.buffers_response = self._buffer_limit(Hook.RESPONSE_BODY)
         self.hooks_request_body = any(p.wants(Hook.REQUEST_BODY) for p in self.processors)
@@ -118,10 +120,11 @@ class ChainRun:
             if body is None:
                 return _too_large("request_too_large", 413, self.chain.buffers_request)
         if isinstance(body, bytes):
-            out, local = await self._drive(self._whole_request(body))
+            out, local = await self._run(REQUEST_PATH, self._whole_request(body), (body, None))
             self.exchange.request_sent = local is None
             return local or out
-        local = await self._drive(self._headers(Hook.REQUEST_HEADERS, self._request_order(), False))
+        phase = self._headers(Hook.REQUEST_HEADERS, self._request_order(), False)
+        local = await self._run(REQUEST_HEADERS, phase, None)
         if local is not None:
             return local
         self.exchange.request_sent = True
@@ -141,8 +144,9 @@ class ChainRun:
                     _too_large("upstream_response_too_large", 502, self.chain.buffers_response)
                 )
         if isinstance(body, bytes):
-            return await self._drive(self._whole_response(body, True))
-        local = await self._drive(self._headers(Hook.RESPONSE_HEADERS, self._response_order(), False))
+            return await self._run(RESPONSE_PATH, self._whole_response(body, True), body)
+        phase = self._headers(Hook.RESPONSE_HEADERS, self._response_order(), False)
+        local = await self._run(RESPONSE_HEADERS, phase, None)
         if local is not None:
             return await self.respond_locally(local)
         self.exchange.response_sent = True
@@ -153,7 +157,7 @@ class ChainRun:
     async def respond_locally(self, response: LocalResponse) -> bytes:
         """Runs the response path on a response the gateway made itself."""
         self._replace(response)
-        return await self._drive(self._whole_response(response.body, True))
+        return await self._run(RESPONSE_PATH, self._whole_response(response.body, True), response.body)
 
     async def finish(self) -> None:
         """Runs the done hooks if the response path has not, then frees every sandbox."""
@@ -405,6 +409,13 @@ class ChainRun:
     def _replace(self, response: LocalResponse) -> None:
         self.exchange.set_response(response.status, CIMultiDict(response.headers))
 
+    async def _run(self, hooks: frozenset[Hook], steps: Steps[T], untouched: T) -> T:
+        """Drives ``steps``; when no processor takes any of ``hooks``, returns ``untouched`` with no hop."""
+        if self.chain.hooks.isdisjoint(hooks):
+            steps.close()
+            return untouched
+        return await self._drive(steps)
+
     async def _drive(self, steps: Steps[T]) -> T:
         """Runs a phase on guest threads; while a processor waits on its calls, they run here."""
         failure: ProcessorFailure | None = None
@@ -441,6 +452,12 @@ class ChainRun:
                     sandbox.close()
                 self._sandboxes[i] = None
 
+
+REQUEST_HEADERS = frozenset({Hook.REQUEST_HEADERS})
+RESPONSE_HEADERS = frozenset({Hook.RESPONSE_HEADERS})
+REQUEST_PATH = frozenset({Hook.REQUEST_HEADERS, Hook.REQUEST_BODY})
+RESPONSE_PATH = frozenset({Hook.RESPONSE_HEADERS, Hook.RESPONSE_BODY, Hook.DONE})
+"""The hooks of each phase group, for skipping a hop nobody needs (``ChainRun._run``)."""
 
 RETRIED_CAUSES = frozenset({Cause.TRAP, Cause.TIMEOUT, Cause.MEMORY_LIMIT})
 """Failures a fresh instance may not repeat; a refused config or a broken ABI it would."""
