@@ -188,7 +188,7 @@ class GuestMetrics:
     def __init__(self, processor: str) -> None:
         self._processor = processor
         self._ids: dict[str, int] = {}
-        self._metrics: list[tuple[_Shape, object, set[tuple[str, ...]]]] = []
+        self._metrics: list[tuple[_Shape, object, dict[tuple[str, ...], object]]] = []  # and each series' child
         self._lock = threading.Lock()
 
     def define(self, kind: MetricKind, name: str, help_text: str, labels: list[str], buckets: tuple[float, ...]) -> int:
@@ -216,7 +216,7 @@ class GuestMetrics:
                 raise ValueError(f"a processor may declare at most {MAX_METRICS_PER_PROCESSOR} metrics")
             family = _family(name, help_text[:200] or name, shape)
             self._ids[name] = len(self._metrics)
-            self._metrics.append((shape, family, set()))
+            self._metrics.append((shape, family, {}))
             return len(self._metrics) - 1
 
     def record(self, metric: int, label_values: list[str], value: float) -> None:
@@ -228,13 +228,13 @@ class GuestMetrics:
         if not math.isfinite(value) or (kind is MetricKind.COUNTER and value < 0):
             raise AbiViolation(f"record-metric: {value} is not a valid {kind.name.lower()} value")
         key = tuple(label_values)
-        if key not in series:
+        child = series.get(key)
+        if child is None:
             with self._lock:
                 if len(series) >= MAX_SERIES_PER_METRIC:
                     GUEST_SERIES_DROPPED.labels(self._processor).inc()
                     return
-                series.add(key)
-        child = family.labels(self._processor, *label_values)
+                child = series[key] = family.labels(self._processor, *label_values)
         if kind is MetricKind.COUNTER:
             child.inc(value)
         elif kind is MetricKind.GAUGE:
