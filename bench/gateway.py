@@ -7,10 +7,11 @@ front of it; and two wasmgates (one worker each) in front of it with a
 three-processor chain: header-inject (request and response headers),
 pii-redact (on the buffered request body) and a response-body processor
 (passthrough asking for response bodies only), one with fresh instances per
-request (the default) and one with pooled instances. wrk (Debian's) sends the
-same chat request with an e-mail address in it through each, in alternating
-rounds; the best round of each is reported, with the ratio of each gateway's
-throughput to the baseline's.
+request (the default) and one with pooled instances; and a wasmgate whose
+route has no processors, which shows what the gateway's own HTTP handling
+costs. wrk (Debian's) sends the same chat request with an e-mail address in
+it through each, in alternating rounds; the best round of each is
+reported, with the ratio of each gateway's throughput to the baseline's.
 """
 
 from __future__ import annotations
@@ -28,33 +29,28 @@ import yaml
 from loopback import BENCH, free_port, stop_all, wait_until_up, wrk_script
 
 
-def gateway_config(directory: Path, port: int, admin: int, upstream: str, instances: str) -> Path:
+def gateway_config(directory: Path, port: int, admin: int, upstream: str, instances: str | None) -> Path:
+    """The bench's config: three processors with ``instances`` fresh or pooled, or none for None."""
+    processors = [
+        {
+            "name": "inject",
+            "module": "header-inject",
+            "config": {"request": {"add": {"x-gateway": "bench"}}, "response": {"add": {"x-served-by": "wasmgate"}}},
+        },
+        {"name": "pii", "module": "pii-redact", "body": "buffer"},
+        {"name": "meter", "module": "passthrough", "config": {"phases": ["response_body"]}},
+    ]
     config = {
         "listen": f"127.0.0.1:{port}",
         "admin_listen": f"127.0.0.1:{admin}",
         "module_dirs": [str(BENCH.parent / "host" / "wasmgate" / "modules")],
         "cache_dir": str(directory / "cache"),
-        "processors": [
-            {
-                "name": "inject",
-                "module": "header-inject",
-                "instances": instances,
-                "config": {
-                    "request": {"add": {"x-gateway": "bench"}},
-                    "response": {"add": {"x-served-by": "wasmgate"}},
-                },
-            },
-            {"name": "pii", "module": "pii-redact", "body": "buffer", "instances": instances},
-            {
-                "name": "meter",
-                "module": "passthrough",
-                "instances": instances,
-                "config": {"phases": ["response_body"]},
-            },
+        "processors": [{**processor, "instances": instances} for processor in processors] if instances else [],
+        "routes": [
+            {"name": "chat", "upstream": upstream, "processors": [p["name"] for p in processors] if instances else []}
         ],
-        "routes": [{"name": "chat", "upstream": upstream, "processors": ["inject", "pii", "meter"]}],
     }
-    path = directory / f"gateway-{instances}.yaml"
+    path = directory / f"gateway-{instances or 'none'}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -101,7 +97,7 @@ def main() -> None:
         ),
     ]
     targets = {"aiohttp pass-through proxy": f"http://127.0.0.1:{baseline_port}/v1/chat/completions"}
-    for instances in ("fresh", "pooled"):
+    for instances in ("fresh", "pooled", None):
         port, admin = free_port(), free_port()
         config = gateway_config(directory, port, admin, upstream, instances)
         processes.append(
@@ -109,7 +105,8 @@ def main() -> None:
                 [python, "-m", "wasmgate", "run", "--workers", "1", "--config", str(config)], stderr=subprocess.DEVNULL
             )
         )
-        targets[f"wasmgate, 3 processors, {instances}"] = f"http://127.0.0.1:{port}/v1/chat/completions"
+        name = f"wasmgate, 3 processors, {instances}" if instances else "wasmgate, no processors"
+        targets[name] = f"http://127.0.0.1:{port}/v1/chat/completions"
     try:
         for process, url in zip(processes, [f"{upstream}/v1/models", *targets.values()], strict=True):
             wait_until_up(url, process)
