@@ -13,9 +13,10 @@ through the public ``wasmtime`` package, off the request path.
 A ``Store`` is used by one thread at a time. Guest calls keep the GIL
 unless asked (``release_gil``): handing it to a busy event loop and waiting
 to get it back costs far more than a typical hook (measured: the gateway
-bench went from 1,850 to 2,570 req/s when hooks stopped releasing it). So that a long-running guest cannot starve the event loop, a
-store gets an epoch-deadline callback (``EpochCallback``) which the
-sandbox uses to give the loop a turn on every tick a guest keeps running.
+bench went from 1,850 to 2,570 req/s when hooks stopped releasing it).
+So that a long-running guest cannot starve the event loop, a store gets an
+epoch-deadline callback (``EpochCallback``) which the sandbox uses to give
+the loop a turn on every tick a guest keeps running.
 The native epoch ticker (``epoch``) needs no GIL, so even a guest spinning
 without a host call reaches that callback.
 """
