@@ -112,8 +112,45 @@ def gateway(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
         pytest.fail(f"the gateway did not become ready:\n{process.communicate()[0]}")
     yield base, admin_base, process
     if process.poll() is None:
-        process.kill()
-        process.wait()
+        process.terminate()  # the supervisor stops its workers
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid``, from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue  # not a process, or gone meanwhile
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether a process is alive: not gone, and not a zombie waiting for its parent to reap it."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_stop_when_their_supervisor_is_killed(gateway):
+    _, _, process = gateway
+    workers = children(process.pid)
+    assert len(workers) >= 2
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(map(running, workers)):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if running(pid)], "workers outlived their supervisor"
 
 
 def test_run_serves_through_its_workers_and_stops_on_sigterm(gateway):

@@ -167,7 +167,21 @@ def run(config: Config, workers: int, config_path: Path | None = None) -> None:
 
 def _worker(config: Config, config_path: Path | None, ready: Event) -> None:
     logs.configure(f"worker {os.getpid()}")
-    _run_loop(lambda stop: serve(config, config_path, ready.set, stop, admin=False))
+
+    async def main(stop: asyncio.Event) -> None:
+        # A worker ends with its supervisor, even one killed outright (kill -9, the OOM killer): an orphan
+        # would serve on, with its old config, on a port a new gateway shares through SO_REUSEPORT.
+        loop, supervisor = asyncio.get_running_loop(), multiprocessing.parent_process().sentinel
+
+        def supervisor_gone() -> None:
+            loop.remove_reader(supervisor)
+            log.warning("the supervisor is gone; stopping")
+            stop.set()
+
+        loop.add_reader(supervisor, supervisor_gone)
+        await serve(config, config_path, ready.set, stop, admin=False)
+
+    _run_loop(main)
 
 
 def _supervise(config: Config, workers: int, config_path: Path | None) -> None:
