@@ -6,8 +6,9 @@ hooks on guest threads, and is discarded. Any failure discards it at once
 and is reported with a precise cause:
 
 - ``timeout``: a hook ran past its deadline. The deadline covers copying
-  the hook's data in, the call and its post-return; the CPU is cut by epoch
-  interruption, so a guest spinning forever costs one deadline.
+  the hook's data in, the call and its post-return, but not the time a
+  long guest waits for the event loop to take its turn (below); the CPU is
+  cut by epoch interruption, so a guest spinning forever costs one deadline.
 - ``memory_limit``: the guest's memory passed its quota. wasmtime's limiter
   is set to twice the quota so that a guest running out of memory grows
   past the quota, and is failed for exactly that, instead of crashing in a
@@ -323,7 +324,11 @@ def _on_epoch_deadline(context: int, data: int, next_deadline: ctypes._Pointer, 
         return ffi.error("the guest's deadline passed")
     sandbox.ticks_run += 1
     if sandbox.ticks_run >= LONG_CALL_TICKS and not sandbox.gil_released:
+        waiting = time.monotonic()
         give_loop_a_turn(LOOP_TURN_TIMEOUT)
+        # Time spent waiting for the event loop is the gateway's, not the guest's: a busy loop must
+        # not push a hook past its deadline.
+        sandbox.phase_deadline += time.monotonic() - waiting
     next_deadline[0] = 1
     kind[0] = ffi.DEADLINE_CONTINUE
     return 0
