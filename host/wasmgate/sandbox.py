@@ -203,8 +203,7 @@ class Sandbox:
 
     def resume(self, hook: Hook) -> int:
         """Runs ``on-resume`` for a paused ``hook``, in what is left of its deadline; returns the raw action."""
-        remaining = self.phase_deadline - time.monotonic()
-        if remaining <= 0:
+        if time.monotonic() >= self.phase_deadline:
             self.close()
             raise _deadline_passed(self.processor.timeouts[hook], hook)
         self._enter(hook, self.phase_deadline)
