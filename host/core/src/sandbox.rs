@@ -1,0 +1,515 @@
+//! One processor instance serving one request, driven by polling.
+//!
+//! Every call into the guest (starting the instance, a hook, resuming a
+//! paused hook) is a future that owns the instance's store while it runs.
+//! The caller starts a call and polls it with a no-op waker; a poll returns
+//!
+//! - `Done`: the call finished (its action, or the phases `init` chose);
+//! - `Yielded`: the guest ran a whole epoch tick, so it handed control back;
+//!   poll again when it is its turn;
+//! - `Waiting`: a host call asked the gateway something (`request`); answer
+//!   it (`answer`), then poll again;
+//! - `Failed`: the call failed (`failure` says how); the instance is gone.
+//!
+//! Deadlines are wall-clock: a hook's deadline starts when the hook is
+//! called and covers copying its data in, the call, its post-return, its
+//! host calls and every wait in between, and `on-resume` runs in what is
+//! left of it. The epoch callback cuts a guest that runs past it.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, TypedFunc, UpdateDeadline};
+
+use crate::abi::{ALL_PHASES, CONTINUE, Hook, PAUSE, RESPOND};
+use crate::engine::Engine;
+use crate::events::Events;
+use crate::exchange::Exchange;
+use crate::failure::{Cause, Failure, classify};
+use crate::guest::Guest;
+use crate::instance::{Binding, Exports, InstanceState, LocalResponse};
+use crate::memory::{bytes, le_u32, lower, text};
+use crate::requests::{HostAnswer, HostRequest, Shared};
+
+/// The longest error message an `init` may return that is kept.
+const MAX_INIT_ERROR_BYTES: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Done(u32),
+    Yielded,
+    Waiting,
+    Failed,
+}
+
+/// A body handed to a hook: bytes the sandbox reads while the hook runs.
+pub struct Body {
+    ptr: *const u8,
+    len: usize,
+    _owner: Box<dyn Any + Send>,
+}
+
+// SAFETY: the bytes are immutable and kept alive by `_owner`, which is Send.
+unsafe impl Send for Body {}
+
+impl Body {
+    pub fn owned(data: Vec<u8>) -> Body {
+        let (ptr, len) = (data.as_ptr(), data.len());
+        Body { ptr, len, _owner: Box::new(data) }
+    }
+
+    /// # Safety
+    /// `len` bytes at `ptr` stay valid and unchanged for as long as `owner` lives.
+    pub unsafe fn borrowed(ptr: *const u8, len: usize, owner: Box<dyn Any + Send>) -> Body {
+        Body { ptr, len, _owner: owner }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: as `borrowed` requires, or a Vec this Body owns.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// The instance's functions the host calls, found once per instance.
+struct Funcs {
+    init: TypedFunc<(u32, u32), u32>,
+    headers: [TypedFunc<u32, u32>; 2],
+    body: [TypedFunc<(u32, u32, u32), u32>; 2],
+    done: TypedFunc<(), ()>,
+    resume: TypedFunc<(), u32>,
+    /// `cabi_post_*` of the hooks returning a value, by `Hook::index`.
+    post_returns: [Option<TypedFunc<u32, ()>>; 5],
+    post_done: Option<TypedFunc<(), ()>>,
+}
+
+struct Parts {
+    store: Store<InstanceState>,
+    funcs: Option<Funcs>,
+}
+
+type Outcome = Result<u32, Failure>;
+type Running = Pin<Box<dyn Future<Output = (Box<Parts>, Outcome)> + Send>>;
+
+enum Slot {
+    Idle(Box<Parts>),
+    Running(Running),
+    Gone,
+}
+
+pub struct Sandbox {
+    shared: Arc<Shared>,
+    slot: Slot,
+    failure: Option<Failure>,
+    peak_memory: usize,
+    memory_size: usize,
+}
+
+impl Sandbox {
+    /// A store for one instance of `guest`; `start` makes the instance.
+    pub fn new(engine: &Engine, guest: Arc<Guest>) -> Sandbox {
+        let shared = Arc::new(Shared::default());
+        let mut store = Store::new(&engine.engine, InstanceState::new(guest, shared.clone()));
+        store.limiter(|state| &mut state.quota);
+        let tick = engine.tick;
+        store.epoch_deadline_callback(move |context| {
+            let state = context.data();
+            let now = Instant::now();
+            if now >= state.deadline {
+                return Err(state.deadline_passed().into());
+            }
+            // A tick can land in a trivial call: only a guest that ran a whole tick yields.
+            let whole_tick = now.duration_since(state.shared.lock().slice_started) >= tick;
+            Ok(if whole_tick { UpdateDeadline::Yield(1) } else { UpdateDeadline::Continue(1) })
+        });
+        store.set_epoch_deadline(1);
+        let parts = Box::new(Parts { store, funcs: None });
+        Sandbox { shared, slot: Slot::Idle(parts), failure: None, peak_memory: 0, memory_size: 0 }
+    }
+
+    pub fn alive(&self) -> bool {
+        !matches!(self.slot, Slot::Gone)
+    }
+
+    /// Discards the instance; its pooling slot is free again.
+    pub fn close(&mut self) {
+        self.slot = Slot::Gone;
+    }
+
+    pub fn failure(&self) -> Option<&Failure> {
+        self.failure.as_ref()
+    }
+
+    pub fn peak_memory(&self) -> usize {
+        self.peak_memory
+    }
+
+    /// Guest memory after the last call.
+    pub fn memory_size(&self) -> usize {
+        self.memory_size
+    }
+
+    // -- calls ---------------------------------------------------------------
+
+    /// Makes the instance and runs `_initialize` and `init` with the processor's config, under init's deadline.
+    pub fn start(&mut self) -> Status {
+        self.begin(Hook::Init, |mut parts, deadline| {
+            Box::pin(async move {
+                let outcome = start(&mut parts, deadline).await;
+                (parts, outcome)
+            })
+        })
+    }
+
+    /// Calls `hook`; a body hook gets `body`.
+    pub fn call(&mut self, hook: Hook, body: Option<Body>, end_of_stream: bool) -> Status {
+        self.begin(hook, |mut parts, deadline| {
+            Box::pin(async move {
+                let outcome = run_hook(&mut parts, hook, body, end_of_stream, deadline).await;
+                (parts, outcome)
+            })
+        })
+    }
+
+    /// Calls `on-resume` for a paused `hook`, in what is left of its deadline.
+    pub fn resume(&mut self, hook: Hook) -> Status {
+        let Slot::Idle(parts) = std::mem::replace(&mut self.slot, Slot::Gone) else {
+            return self.fail(Failure::new(Cause::HostError, "resume of a sandbox that is not idle"));
+        };
+        if Instant::now() >= parts.store.data().deadline {
+            let failure = parts.store.data().deadline_passed();
+            return self.fail(failure);
+        }
+        self.slot = Slot::Running(Box::pin(async move {
+            let mut parts = parts;
+            let outcome = resume(&mut parts, hook).await;
+            (parts, outcome)
+        }));
+        self.poll()
+    }
+
+    fn begin(&mut self, hook: Hook, make: impl FnOnce(Box<Parts>, Instant) -> Running) -> Status {
+        let Slot::Idle(parts) = std::mem::replace(&mut self.slot, Slot::Gone) else {
+            return self.fail(Failure::new(Cause::HostError, "a call into a sandbox that is not idle"));
+        };
+        let deadline = Instant::now() + parts.store.data().guest.timeouts[hook.index()];
+        self.slot = Slot::Running(make(parts, deadline));
+        self.poll()
+    }
+
+    /// Runs the call on until it finishes, yields, or waits for the gateway.
+    pub fn poll(&mut self) -> Status {
+        let Slot::Running(running) = &mut self.slot else {
+            return self.fail(Failure::new(Cause::HostError, "a poll of a sandbox with no call running"));
+        };
+        self.shared.lock().slice_started = Instant::now();
+        let mut context = Context::from_waker(Waker::noop());
+        match catch_unwind(AssertUnwindSafe(|| running.as_mut().poll(&mut context))) {
+            Ok(Poll::Pending) if self.shared.is_waiting() => Status::Waiting,
+            Ok(Poll::Pending) => Status::Yielded,
+            Ok(Poll::Ready((parts, outcome))) => {
+                self.note_memory(&parts);
+                match outcome {
+                    Ok(value) => {
+                        self.slot = Slot::Idle(parts);
+                        Status::Done(value)
+                    }
+                    Err(failure) => self.fail(failure),
+                }
+            }
+            Err(panic) => self.fail(Failure::new(Cause::HostError, format!("the host panicked: {}", message(&*panic)))),
+        }
+    }
+
+    /// Polls until the call finishes or waits for the gateway: for callers with no event loop to share.
+    pub fn run_blocking(&mut self) -> Status {
+        loop {
+            match self.poll() {
+                Status::Yielded => continue,
+                status => return status,
+            }
+        }
+    }
+
+    fn fail(&mut self, failure: Failure) -> Status {
+        self.slot = Slot::Gone;
+        self.failure = Some(failure);
+        Status::Failed
+    }
+
+    fn note_memory(&mut self, parts: &Parts) {
+        let state = parts.store.data();
+        self.peak_memory = self.peak_memory.max(state.quota.peak);
+        if parts.funcs.is_some() {
+            self.memory_size = state.exports().memory.data_size(&parts.store);
+        }
+    }
+
+    // -- the gateway's side ----------------------------------------------------
+
+    pub fn request(&self) -> Option<HostRequest> {
+        self.shared.request()
+    }
+
+    pub fn answer(&mut self, answer: HostAnswer) -> bool {
+        self.shared.answer(answer)
+    }
+
+    /// Log lines and metric records waiting to be drained.
+    pub fn drain(&mut self) -> Events {
+        self.shared.lock().events.take()
+    }
+
+    pub fn has_events(&self) -> bool {
+        !self.shared.lock().events.is_empty()
+    }
+
+    fn idle(&mut self) -> Option<&mut InstanceState> {
+        match &mut self.slot {
+            Slot::Idle(parts) => Some(parts.store.data_mut()),
+            _ => None,
+        }
+    }
+
+    /// Serves `exchange` as processor `index` of its route, from the next call on.
+    pub fn bind(&mut self, exchange: Exchange, index: usize) {
+        let held = exchange.lock().scopes[index].calls.held_bytes();
+        if let Some(state) = self.idle() {
+            state.quota.calls = held;
+            state.binding = Some(Binding { exchange, index });
+        }
+        self.shared.lock().events.new_request();
+    }
+
+    /// Forgets the request it served, before a pooled instance serves another.
+    pub fn unbind(&mut self) {
+        if let Some(state) = self.idle() {
+            state.binding = None;
+            state.quota.calls = 0;
+            state.clear_outputs();
+        }
+        let mut mailbox = self.shared.lock();
+        mailbox.events.take();
+        mailbox.events.new_request();
+    }
+
+    /// The body the last hook set (`replace-body`), if it set one.
+    pub fn take_body(&mut self) -> Option<Vec<u8>> {
+        let state = self.idle()?;
+        state.quota.body = 0;
+        state.replaced_body.take()
+    }
+
+    /// The local response the last hook set (`send-response`).
+    pub fn take_response(&mut self) -> Option<LocalResponse> {
+        let state = self.idle()?;
+        state.quota.response = 0;
+        state.local_response.take()
+    }
+
+    /// Fails the processor when its memory and what the host holds for it
+    /// (its finished sub-requests' answers) pass its quota.
+    pub fn check_held(&mut self) -> Status {
+        let Slot::Idle(parts) = &mut self.slot else {
+            return self.fail(Failure::new(Cause::HostError, "check_held of a sandbox that is not idle"));
+        };
+        let memory = parts.store.data().exports().memory.data_size(&parts.store);
+        let state = parts.store.data_mut();
+        let held = match &state.binding {
+            Some(binding) => binding.exchange.lock().scopes[binding.index].calls.held_bytes(),
+            None => 0,
+        };
+        state.quota.calls = held;
+        let limit = state.quota.limit;
+        if memory + state.quota.held() <= limit {
+            return Status::Done(0);
+        }
+        let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
+        self.fail(Failure::memory(format!(
+            "guest memory and {:.1} MiB of sub-requests make {:.1} MiB, over its {:.1} MiB quota",
+            mib(held),
+            mib(memory + held),
+            mib(limit)
+        )))
+    }
+
+    /// Bytes the guest may still take before its quota: what a sub-request's answer may use.
+    pub fn quota_left(&self) -> usize {
+        match &self.slot {
+            Slot::Idle(parts) => {
+                let memory = parts.store.data().exports().memory.data_size(&parts.store);
+                parts.store.data().quota.room(memory)
+            }
+            _ => 0,
+        }
+    }
+
+    /// What is left of the running (or paused) phase's deadline.
+    pub fn remaining(&self) -> Duration {
+        match &self.slot {
+            Slot::Idle(parts) => parts.store.data().deadline.saturating_duration_since(Instant::now()),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+fn message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+async fn start(parts: &mut Parts, deadline: Instant) -> Outcome {
+    let store = &mut parts.store;
+    store.data_mut().deadline = deadline;
+    let guest = store.data().guest.clone();
+    let exports = &guest.module.0.exports;
+    // The start function runs outside any hook: host calls from it are refused.
+    let instance = guest.module.0.pre.instantiate_async(&mut *store).await.map_err(classify)?;
+    let memory = instance
+        .get_module_export(&mut *store, &exports.memory)
+        .and_then(|e| e.into_memory())
+        .ok_or_else(|| Failure::new(Cause::HostError, "the memory checked at load is missing"))?;
+    let realloc = typed(store, instance, &exports.realloc)?;
+    store.data_mut().set_exports(Exports { memory, realloc });
+    let hooks = &exports.hooks;
+    let mut post_returns: [Option<TypedFunc<u32, ()>>; 5] = Default::default();
+    for (slot, export) in post_returns.iter_mut().zip(&exports.post_returns) {
+        if let Some(export) = export {
+            *slot = Some(typed(store, instance, export)?);
+        }
+    }
+    let funcs = Funcs {
+        init: typed(store, instance, &hooks[Hook::Init.index()])?,
+        headers: [
+            typed(store, instance, &hooks[Hook::RequestHeaders.index()])?,
+            typed(store, instance, &hooks[Hook::ResponseHeaders.index()])?,
+        ],
+        body: [
+            typed(store, instance, &hooks[Hook::RequestBody.index()])?,
+            typed(store, instance, &hooks[Hook::ResponseBody.index()])?,
+        ],
+        done: typed(store, instance, &hooks[Hook::Done.index()])?,
+        resume: typed(store, instance, &exports.resume)?,
+        post_returns,
+        post_done: match &exports.post_returns[Hook::Done.index()] {
+            Some(export) => Some(typed(store, instance, export)?),
+            None => None,
+        },
+    };
+    store.data_mut().enter(Hook::Init, deadline);
+    if let Some(initialize) = &exports.initialize {
+        let initialize: TypedFunc<(), ()> = typed(store, instance, initialize)?;
+        initialize.call_async(&mut *store, ()).await.map_err(classify)?;
+    }
+    let len = guest.config.len() as u32;
+    let ptr = lower(store, &guest.config, 1, "the config").await?;
+    let result = funcs.init.call_async(&mut *store, (ptr, len)).await.map_err(classify)?;
+    let area = {
+        let memory = store.data().exports().memory.data(&*store);
+        bytes(memory, result, 12, "init's result")?.to_vec()
+    };
+    let (tag, payload, length) = (area[0], le_u32(&area[4..8]), le_u32(&area[8..12]));
+    if tag > 1 {
+        return Err(Failure::abi(format!("init returned result tag {tag}")));
+    }
+    let error = if tag == 1 {
+        let memory = store.data().exports().memory.data(&*store);
+        let kept = (length as usize).min(MAX_INIT_ERROR_BYTES) as u32;
+        Some(text(memory, payload, kept, "init's error")?.to_owned())
+    } else {
+        None
+    };
+    if let Some(post) = &funcs.post_returns[Hook::Init.index()] {
+        post.call_async(&mut *store, result).await.map_err(classify)?;
+    }
+    parts.funcs = Some(funcs);
+    match error {
+        Some(error) => Err(Failure::new(Cause::InitFailed, error)),
+        None => Ok(payload & ALL_PHASES),
+    }
+}
+
+/// An export of `instance` as a typed function.
+fn typed<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+    store: &mut Store<InstanceState>,
+    instance: wasmtime::Instance,
+    export: &wasmtime::ModuleExport,
+) -> Result<TypedFunc<P, R>, Failure> {
+    let func = instance.get_module_export(&mut *store, export).and_then(|e| e.into_func());
+    let func = func.ok_or_else(|| Failure::new(Cause::HostError, "an export checked at load is missing"))?;
+    // SAFETY: `Module::link` checked every export's type against the one the host calls it with.
+    Ok(unsafe { TypedFunc::new_unchecked(&*store, func) })
+}
+
+async fn run_hook(
+    parts: &mut Parts,
+    hook: Hook,
+    body: Option<Body>,
+    end_of_stream: bool,
+    deadline: Instant,
+) -> Outcome {
+    let Some(funcs) = &parts.funcs else {
+        return Err(Failure::new(Cause::HostError, "a hook called on a sandbox that was never started"));
+    };
+    let store = &mut parts.store;
+    store.data_mut().enter(hook, deadline);
+    let eos = u32::from(end_of_stream);
+    let side = usize::from(hook.is_response());
+    let action = match hook {
+        Hook::RequestHeaders | Hook::ResponseHeaders => funcs.headers[side].call_async(&mut *store, eos).await,
+        Hook::RequestBody | Hook::ResponseBody => {
+            let body = body.as_ref().map_or(&[][..], Body::as_slice);
+            let ptr = lower(store, body, 1, "the body").await?;
+            funcs.body[side].call_async(&mut *store, (ptr, body.len() as u32, eos)).await
+        }
+        Hook::Done => funcs.done.call_async(&mut *store, ()).await.map(|()| 0),
+        Hook::Init => return Err(Failure::new(Cause::HostError, "init is called by start")),
+    }
+    .map_err(classify)?;
+    if hook == Hook::Done {
+        if let Some(post) = &funcs.post_done {
+            post.call_async(&mut *store, ()).await.map_err(classify)?;
+        }
+        return Ok(0); // on-done returns nothing
+    }
+    if let Some(post) = &funcs.post_returns[hook.index()] {
+        post.call_async(&mut *store, action).await.map_err(classify)?;
+    }
+    judge(store.data(), action)
+}
+
+async fn resume(parts: &mut Parts, hook: Hook) -> Outcome {
+    let Some(funcs) = &parts.funcs else {
+        return Err(Failure::new(Cause::HostError, "resume of a sandbox that was never started"));
+    };
+    let store = &mut parts.store;
+    store.data_mut().phase = Some(hook);
+    let action = funcs.resume.call_async(&mut *store, ()).await.map_err(classify)?;
+    judge(store.data(), action)
+}
+
+/// What a hook's returned action means, or the ABI rule it broke.
+fn judge(state: &InstanceState, action: u32) -> Outcome {
+    match action {
+        CONTINUE if state.local_response.is_some() => {
+            Err(Failure::abi("the hook called send-response but returned continue"))
+        }
+        RESPOND if state.local_response.is_none() => {
+            Err(Failure::abi("the hook returned respond without calling send-response"))
+        }
+        PAUSE if !waits_on_calls(state) => Err(Failure::abi("the hook returned pause with nothing to wait for")),
+        CONTINUE | RESPOND | PAUSE => Ok(action),
+        other => Err(Failure::abi(format!("the hook returned {other}, which is not an action"))),
+    }
+}
+
+fn waits_on_calls(state: &InstanceState) -> bool {
+    state.binding.as_ref().is_some_and(|binding| binding.exchange.lock().scopes[binding.index].calls.has_started())
+}
