@@ -6,7 +6,7 @@ Drives requests through a chain of one header-inject processor (request and
 response headers), in one process, for the Rust module and the Go one
 (header-inject-go, same config), each with fresh instances per request and
 with pooled instances. The figure is the whole chain per request: instance
-start and init (fresh only), both hooks, and the guest-thread hops.
+start and init (fresh only) and both hooks.
 """
 
 from __future__ import annotations
@@ -19,13 +19,9 @@ from pathlib import Path
 
 from multidict import CIMultiDict
 
-from wasmgate.chain import Chain, ChainRun
 from wasmgate.config import ProcessorConfig
-from wasmgate.engine import Runtime
-from wasmgate.exchange import Exchange, RequestFacts
-from wasmgate.executor import GuestPool
-from wasmgate.processors import Processor, build_processor
-from wasmgate.subrequests import CallClient
+from wasmgate.gateway import CallClient, Chain, ChainRun, Processor, RequestFacts, build_processor, new_exchange
+from wasmgate.runtime import Runtime
 
 MODULES = Path(__file__).resolve().parent.parent / "host" / "wasmgate" / "modules"
 CONFIG = {"request": {"add": {"x-gateway": "bench"}}, "response": {"add": {"x-served-by": "wasmgate"}}}
@@ -33,7 +29,6 @@ CONFIG = {"request": {"add": {"x-gateway": "bench"}}, "response": {"add": {"x-se
 
 async def per_request(
     runtime: Runtime,
-    pool: GuestPool,
     processor: Processor,
     requests: int,
     headers: dict[str, str] | None = None,
@@ -44,7 +39,8 @@ async def per_request(
     facts = RequestFacts("POST", "/v1/chat/completions", "", "bench", "bench", "", "127.0.0.1")
 
     async def one() -> None:
-        run = ChainRun(chain, Exchange(facts, CIMultiDict(headers or {}), "http://upstream.test"), runtime, pool, calls)
+        exchange = new_exchange(facts, CIMultiDict(headers or {}), "http://upstream.test", 1)
+        run = ChainRun(chain, facts, exchange, runtime, calls)
         await run.process_request(b"{}")
         await run.process_response(200, CIMultiDict({"content-type": "application/json"}), answer)
         await run.finish()
@@ -62,7 +58,6 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args()
     runtime = Runtime(cache_dir=Path(tempfile.mkdtemp()))
-    pool = GuestPool(1)
     print(f"header-inject, request and response headers, {args.requests} requests one after another:")
     for module in ("header-inject", "header-inject-go"):
         compiled = runtime.compile(module, (MODULES / f"{module}.wasm").read_bytes())
@@ -71,10 +66,8 @@ def main() -> None:
                 name=f"{module}-{instances}", module=module, config=CONFIG, instances=instances, memory_limit="64MiB"
             )
             processor = build_processor(runtime, spec, compiled)
-            seconds = asyncio.run(per_request(runtime, pool, processor, args.requests))
+            seconds = asyncio.run(per_request(runtime, processor, args.requests))
             print(f"  {module:18} {instances:7} {seconds * 1e6:8.1f} µs per request")
-    pool.close()
-    runtime.close()
 
 
 if __name__ == "__main__":

@@ -25,21 +25,20 @@ import redis
 from instances import MODULES, per_request
 from loopback import free_port
 from wasmgate.config import ProcessorConfig, StateBackendKind, StateConfig
-from wasmgate.engine import Runtime
-from wasmgate.executor import GuestPool
-from wasmgate.processors import build_processor
+from wasmgate.gateway import build_processor
+from wasmgate.runtime import Runtime
 from wasmgate.state import MemoryState, State, open_state
 
 CONFIG = {"limits": [{"name": "bench", "tokens": 10**12, "window": "1h"}], "counter": {"header": "x-user-id"}}
 ANSWER = json.dumps({"model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
 
 
-def measure(runtime: Runtime, pool: GuestPool, state: State, label: str, requests: int) -> None:
+def measure(runtime: Runtime, state: State, label: str, requests: int) -> None:
     compiled = runtime.compile("token-ratelimit", (MODULES / "token-ratelimit.wasm").read_bytes())
     spec = ProcessorConfig(name=f"limit-{label}", module="token-ratelimit", config=CONFIG, instances="pooled")
     processor = build_processor(runtime, spec, compiled, state)
-    without = asyncio.run(per_request(runtime, pool, processor, requests, answer=ANSWER))
-    with_calls = asyncio.run(per_request(runtime, pool, processor, requests, {"x-user-id": "u"}, ANSWER))
+    without = asyncio.run(per_request(runtime, processor, requests, answer=ANSWER))
+    with_calls = asyncio.run(per_request(runtime, processor, requests, {"x-user-id": "u"}, ANSWER))
     print(
         f"  {label:7} no state call {without * 1e6:7.1f} µs; two state calls {with_calls * 1e6:7.1f} µs;"
         f" one call {(with_calls - without) / 2 * 1e6:6.1f} µs"
@@ -57,7 +56,7 @@ def main() -> None:
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
     )
-    runtime, pool = Runtime(cache_dir=Path(tempfile.mkdtemp())), GuestPool(1)
+    runtime = Runtime(cache_dir=Path(tempfile.mkdtemp()))
     memory = MemoryState.create()
     try:
         url = f"redis://127.0.0.1:{port}/0"
@@ -69,14 +68,12 @@ def main() -> None:
             except redis.RedisError:
                 time.sleep(0.05)
         print(f"token-ratelimit (pooled), {args.requests} requests one after another:")
-        measure(runtime, pool, memory, "memory", args.requests)
-        measure(runtime, pool, open_state(StateConfig(backend=StateBackendKind.REDIS, url=url)), "redis", args.requests)
+        measure(runtime, memory, "memory", args.requests)
+        measure(runtime, open_state(StateConfig(backend=StateBackendKind.REDIS, url=url)), "redis", args.requests)
     finally:
         memory.remove()
         server.terminate()
         server.wait(timeout=10)
-        pool.close()
-        runtime.close()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,15 +12,21 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from wasmgate.chain import Chain, ChainRun, Outcome
 from wasmgate.config import ProcessorConfig, parse_config
-from wasmgate.engine import Runtime
-from wasmgate.exchange import Exchange, LocalResponse, RequestFacts
-from wasmgate.executor import GuestPool
-from wasmgate.processors import Processor, build_processor
+from wasmgate.gateway import (
+    CallClient,
+    Chain,
+    ChainRun,
+    LocalResponse,
+    Processor,
+    RequestFacts,
+    build_processor,
+    new_exchange,
+)
+from wasmgate.gateway.chain import Outcome
+from wasmgate.runtime import Runtime
 from wasmgate.server import listen, start_gateway
 from wasmgate.state import State
-from wasmgate.subrequests import CallClient
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ROOT / "host" / "wasmgate" / "modules"
@@ -28,17 +34,8 @@ WIT = ROOT / "wit"
 
 
 @pytest.fixture(scope="session")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    runtime = Runtime(cache_dir=tmp_path_factory.mktemp("compiled"))
-    yield runtime
-    runtime.close()
-
-
-@pytest.fixture(scope="session")
-def pool() -> Iterator[GuestPool]:
-    pool = GuestPool(2)
-    yield pool
-    pool.close()
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
+    return Runtime(cache_dir=tmp_path_factory.mktemp("compiled"))
 
 
 def free_port() -> int:
@@ -80,7 +77,6 @@ class Driven:
 
 async def drive(
     runtime: Runtime,
-    pool: GuestPool,
     processors: list[Processor],
     *,
     headers: dict[str, str] | CIMultiDict[str] | None = None,
@@ -89,12 +85,12 @@ async def drive(
 ) -> Driven:
     """Drives one request through a chain the way the proxy does, with whole bodies."""
     facts = RequestFacts("POST", "/v1/chat/completions", "", "req-1", "test", "", "127.0.0.1")
-    exchange = Exchange(facts, CIMultiDict(headers or {}), "http://upstream.test")
+    exchange = new_exchange(facts, CIMultiDict(headers or {}), "http://upstream.test", len(processors))
     client = CallClient()
-    run = ChainRun(Chain(processors), exchange, runtime, pool, client)
+    run = ChainRun(Chain(processors), facts, exchange, runtime, client)
     try:
         forwarded = await run.process_request(body)
-        upstream_headers = exchange.request_headers.copy()
+        upstream_headers = CIMultiDict(exchange.request_headers())
         if isinstance(forwarded, LocalResponse):
             final = await run.respond_locally(forwarded)
         else:
@@ -106,7 +102,7 @@ async def drive(
             upstream_body=b"" if isinstance(forwarded, LocalResponse) else forwarded,
             upstream=exchange.upstream,
             status=exchange.response_status,
-            headers=exchange.response_headers,
+            headers=CIMultiDict(exchange.response_headers() or ()),
             body=final,
             outcomes=run.outcomes,
         )
@@ -188,7 +184,7 @@ def upstream_app(name: str = "up") -> web.Application:
 
 
 @pytest.fixture
-async def start(runtime, pool, tmp_path: Path) -> AsyncIterator[Start]:
+async def start(runtime, tmp_path: Path) -> AsyncIterator[Start]:
     runners: list[web.AppRunner] = []
     upstreams = {}
     for key, name in (("${UP}", "up"), ("${UP2}", "up2")):
@@ -201,7 +197,7 @@ async def start(runtime, pool, tmp_path: Path) -> AsyncIterator[Start]:
         text = json.dumps({"listen": "127.0.0.1:0", "module_dirs": [str(tmp_path)], **config})
         for key, url in upstreams.items():
             text = text.replace(key, url)
-        runners.append(await start_gateway(parse_config(json.loads(text)), runtime, pool))
+        runners.append(await start_gateway(parse_config(json.loads(text)), runtime))
         return _url(runners[-1])
 
     yield Start(starter, upstreams)

@@ -7,7 +7,7 @@ import json
 import pytest
 from prometheus_client import REGISTRY
 
-from wasmgate.failures import Cause, ProcessorFailure
+from wasmgate.runtime import Cause, ProcessorFailure
 
 from .conftest import drive, make_processor
 from .wat import guest
@@ -34,37 +34,37 @@ def retries_of(processor) -> float:
     return REGISTRY.get_sample_value("wasmgate_processor_phase_retries_total", labels) or 0.0
 
 
-async def test_a_retried_phase_sees_the_checkpoint_of_the_failed_try(runtime, pool):
+async def test_a_retried_phase_sees_the_checkpoint_of_the_failed_try(runtime):
     processor = make_processor(runtime, TRAP_ONCE, phase_retries=1)
-    driven = await drive(runtime, pool, [processor])
+    driven = await drive(runtime, [processor])
     assert driven.reached_upstream
     assert driven.upstream_headers["x-checkpoint"] == "step-1"
     assert retries_of(processor) == 1
 
 
-async def test_what_the_failed_try_changed_is_undone_before_the_retry(runtime, pool):
+async def test_what_the_failed_try_changed_is_undone_before_the_retry(runtime):
     processor = make_processor(runtime, TRAP_ONCE, phase_retries=1)
-    driven = await drive(runtime, pool, [processor])
+    driven = await drive(runtime, [processor])
     assert "x-first-try" not in driven.upstream_headers
 
 
-async def test_without_phase_retries_the_failure_mode_applies_at_once(runtime, pool):
+async def test_without_phase_retries_the_failure_mode_applies_at_once(runtime):
     processor = make_processor(runtime, TRAP_ONCE)
-    driven = await drive(runtime, pool, [processor])
+    driven = await drive(runtime, [processor])
     assert (driven.status, json.loads(driven.body)["error"]["cause"]) == (503, "trap")
     assert retries_of(processor) == 0
 
 
-async def test_a_phase_that_keeps_failing_is_tried_phase_retries_times_more(runtime, pool):
+async def test_a_phase_that_keeps_failing_is_tried_phase_retries_times_more(runtime):
     processor = make_processor(runtime, guest(phases=1, request_headers="unreachable"), phase_retries=2)
-    driven = await drive(runtime, pool, [processor])
+    driven = await drive(runtime, [processor])
     assert driven.status == 503
     assert retries_of(processor) == 2
 
 
-async def test_an_abi_violation_is_not_tried_again(runtime, pool):
+async def test_an_abi_violation_is_not_tried_again(runtime):
     processor = make_processor(runtime, guest(phases=1, request_headers="i32.const 7"), phase_retries=2)
-    driven = await drive(runtime, pool, [processor])
+    driven = await drive(runtime, [processor])
     assert json.loads(driven.body)["error"]["cause"] == "abi_violation"
     assert retries_of(processor) == 0
 

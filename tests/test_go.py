@@ -64,18 +64,18 @@ async def test_a_rust_and_a_go_processor_chain_through_the_gateway(start, caplog
 
 @pytest.mark.parametrize(("how", "cause"), [("panic", "trap"), ("memory", "memory_limit"), ("spin", "timeout")])
 async def test_a_go_guest_that_fails_fails_its_request_with_the_cause_and_the_next_succeeds(
-    runtime, pool, misbehave, how, cause
+    runtime, misbehave, how, cause
 ):
     processor = make_processor(runtime, misbehave, **GO)
-    failed = await drive(runtime, pool, [processor], headers={"x-misbehave": how})
+    failed = await drive(runtime, [processor], headers={"x-misbehave": how})
     assert (failed.status, json.loads(failed.body)["error"]["cause"]) == (503, cause)
-    assert (await drive(runtime, pool, [processor])).upstream_headers["x-go"] == "ok"
+    assert (await drive(runtime, [processor])).upstream_headers["x-go"] == "ok"
 
 
-async def test_a_go_panic_reaches_the_log_under_the_processor(runtime, pool, misbehave, caplog):
+async def test_a_go_panic_reaches_the_log_under_the_processor(runtime, misbehave, caplog):
     processor = make_processor(runtime, misbehave, name="panicky", **GO)
     with caplog.at_level(logging.INFO, logger="wasmgate.guest"):
-        await drive(runtime, pool, [processor], headers={"x-misbehave": "panic"})
+        await drive(runtime, [processor], headers={"x-misbehave": "panic"})
     assert any(r.getMessage().startswith("[panicky] panic: asked to panic") for r in caplog.records)
 
 
@@ -84,12 +84,11 @@ def tokens(kind: str, processor: str, model: str) -> float:
     return REGISTRY.get_sample_value(f"wasmgate_guest_llm_{kind}_tokens_total", labels) or 0.0
 
 
-async def test_token_count_reads_a_json_completion_and_adds_headers_when_buffered(runtime, pool):
+async def test_token_count_reads_a_json_completion_and_adds_headers_when_buffered(runtime):
     processor = make_processor(runtime, module_bytes("token-count"), config={"headers": True}, body="buffer", **GO)
     answer = {"model": "m-1", "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 30}}
     driven = await drive(
         runtime,
-        pool,
         [processor],
         upstream_response=(200, {"content-type": "application/json"}, json.dumps(answer).encode()),
     )
@@ -109,7 +108,7 @@ async def test_token_count_reads_the_usage_event_of_a_stream(start):
     assert (tokens("prompt", "tokens", "m-s"), tokens("completion", "tokens", "m-s")) == (7, 3)
 
 
-async def test_a_go_processor_calls_out_pauses_and_acts_on_the_answer(runtime, pool, misbehave):
+async def test_a_go_processor_calls_out_pauses_and_acts_on_the_answer(runtime, misbehave):
     async def answer(request: web.Request) -> web.Response:
         body = await request.read()
         return web.Response(status=202, body=body.upper(), headers={"x-seen-key": request.headers["Idempotency-Key"]})
@@ -121,8 +120,8 @@ async def test_a_go_processor_calls_out_pauses_and_acts_on_the_answer(runtime, p
     origin = f"http://{host}:{port}"
     try:
         processor = make_processor(runtime, misbehave, subrequests={"allow": [origin]}, **GO)
-        driven = await drive(runtime, pool, [processor], headers={"x-call-url": f"{origin}/check"})
-        denied = await drive(runtime, pool, [processor], headers={"x-call-url": "http://elsewhere.test/check"})
+        driven = await drive(runtime, [processor], headers={"x-call-url": f"{origin}/check"})
+        denied = await drive(runtime, [processor], headers={"x-call-url": "http://elsewhere.test/check"})
     finally:
         await service.cleanup()
     seen = driven.upstream_headers
@@ -130,13 +129,13 @@ async def test_a_go_processor_calls_out_pauses_and_acts_on_the_answer(runtime, p
     assert denied.upstream_headers["x-call-error"] == "denied"
 
 
-async def test_a_go_processor_counts_in_shared_state(runtime, pool, misbehave):
+async def test_a_go_processor_counts_in_shared_state(runtime, misbehave):
     memory = MemoryState.create()
     try:
         processor = make_processor(runtime, misbehave, state=memory, **GO)
         seen = []
         for _ in range(3):
-            driven = await drive(runtime, pool, [processor], headers={"x-count": "1"})
+            driven = await drive(runtime, [processor], headers={"x-count": "1"})
             seen.append((driven.upstream_headers["x-hits"], driven.upstream_headers["x-last"]))
     finally:
         memory.remove()

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from wasmgate.config import parse_config
-from wasmgate.failures import ProcessorFailure
 from wasmgate.mocks import moderation, openai
+from wasmgate.runtime import ProcessorFailure
 from wasmgate.server import listen, start_gateway
 
 from .conftest import MODULES, make_processor, module_bytes
@@ -51,7 +51,7 @@ async def upstream() -> Upstream:
 
 
 @pytest.fixture
-async def gateway(runtime, pool, upstream) -> AsyncIterator[Gateway]:
+async def gateway(runtime, upstream) -> AsyncIterator[Gateway]:
     runners = [
         await listen(upstream.app, "127.0.0.1:0", reuse_port=False),
         await listen(moderation.make_app(), "127.0.0.1:0", reuse_port=False),
@@ -80,7 +80,7 @@ async def gateway(runtime, pool, upstream) -> AsyncIterator[Gateway]:
             "processors": [processor],
             "routes": [{"name": "chat", "upstream": upstream_url, "processors": ["guard"]}],
         }
-        runners.append(await start_gateway(parse_config(gateway_config), runtime, pool))
+        runners.append(await start_gateway(parse_config(gateway_config), runtime))
         return f"{_url(runners[-1])}/v1/chat/completions"
 
     yield start

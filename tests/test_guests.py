@@ -9,8 +9,8 @@ from multidict import CIMultiDict
 from prometheus_client import REGISTRY
 
 from wasmgate.config import ConfigError, parse_config
-from wasmgate.failures import Cause, ProcessorFailure
-from wasmgate.processors import load_processors
+from wasmgate.gateway import load_processors
+from wasmgate.runtime import Cause, ProcessorFailure
 
 from .conftest import MODULES, drive, make_processor, module_bytes
 
@@ -31,30 +31,30 @@ def pii(runtime):
     return make_processor(runtime, module_bytes("pii-redact"), body="buffer")
 
 
-async def test_pii_redact_replaces_emails_phones_and_cards_in_chat_messages(runtime, pool, pii):
+async def test_pii_redact_replaces_emails_phones_and_cards_in_chat_messages(runtime, pii):
     prompt = "Mail jane.doe@example.com, call +1 415 555 0100, card 4111 1111 1111 1111."
-    driven = await drive(runtime, pool, [pii], body=chat(prompt))
+    driven = await drive(runtime, [pii], body=chat(prompt))
     assert sent_prompt(driven.upstream_body) == "Mail [REDACTED:EMAIL], call [REDACTED:PHONE], card [REDACTED:CARD]."
 
 
-async def test_pii_redact_leaves_a_card_number_that_fails_the_luhn_check(runtime, pool, pii):
-    driven = await drive(runtime, pool, [pii], body=chat("ticket 4111 1111 1111 1112"))
+async def test_pii_redact_leaves_a_card_number_that_fails_the_luhn_check(runtime, pii):
+    driven = await drive(runtime, [pii], body=chat("ticket 4111 1111 1111 1112"))
     assert sent_prompt(driven.upstream_body) == "ticket 4111 1111 1111 1112"
 
 
-async def test_pii_redact_changes_only_string_values_and_keeps_the_rest_of_the_json(runtime, pool, pii):
+async def test_pii_redact_changes_only_string_values_and_keeps_the_rest_of_the_json(runtime, pii):
     body = json.dumps({"model": "a@b.example.com", "temperature": 0.5, "messages": []}).encode()
-    driven = await drive(runtime, pool, [pii], body=body)
+    driven = await drive(runtime, [pii], body=body)
     assert json.loads(driven.upstream_body) == {"model": "[REDACTED:EMAIL]", "temperature": 0.5, "messages": []}
 
 
-async def test_pii_redact_counts_what_it_redacted_in_its_metric(runtime, pool, pii):
+async def test_pii_redact_counts_what_it_redacted_in_its_metric(runtime, pii):
     def redacted(kind: str) -> float:
         labels = {"processor": pii.name, "kind": kind}
         return REGISTRY.get_sample_value("wasmgate_guest_pii_redactions_total", labels) or 0.0
 
     before = redacted("email"), redacted("card")
-    await drive(runtime, pool, [pii], body=chat("a@example.com and b@example.org"))
+    await drive(runtime, [pii], body=chat("a@example.com and b@example.org"))
     assert (redacted("email"), redacted("card")) == (before[0] + 2, before[1])
 
 
@@ -67,7 +67,7 @@ def test_pii_redact_rejects_an_unknown_kind_in_its_config(runtime):
 # -- header-inject ------------------------------------------------------------------
 
 
-async def test_header_inject_adds_and_removes_headers_both_ways(runtime, pool):
+async def test_header_inject_adds_and_removes_headers_both_ways(runtime):
     config = {
         "request": {"add": {"x-gateway": "wasmgate"}, "remove": ["x-secret"]},
         "response": {"add": {"x-served-by": "wasmgate"}, "remove": ["server"]},
@@ -75,7 +75,6 @@ async def test_header_inject_adds_and_removes_headers_both_ways(runtime, pool):
     inject = make_processor(runtime, module_bytes("header-inject"), config=config)
     driven = await drive(
         runtime,
-        pool,
         [inject],
         headers={"x-secret": "token", "x-kept": "1"},
         upstream_response=(200, {"server": "upstream/1.0", "content-type": "text/plain"}, b"ok"),
@@ -87,10 +86,10 @@ async def test_header_inject_adds_and_removes_headers_both_ways(runtime, pool):
     assert "server" not in driven.headers
 
 
-async def test_header_inject_keeps_repeated_headers_it_does_not_touch(runtime, pool):
+async def test_header_inject_keeps_repeated_headers_it_does_not_touch(runtime):
     inject = make_processor(runtime, module_bytes("header-inject"), config={"request": {"add": {"x-a": "1"}}})
     repeated = CIMultiDict([("accept", "text/plain"), ("accept", "application/json")])
-    driven = await drive(runtime, pool, [inject], headers=repeated)
+    driven = await drive(runtime, [inject], headers=repeated)
     assert driven.upstream_headers.getall("accept") == ["text/plain", "application/json"]
 
 
@@ -108,19 +107,19 @@ def router(runtime):
     return make_processor(runtime, module_bytes("body-router"), body="buffer", config=config)
 
 
-async def test_body_router_sends_the_request_to_the_upstream_its_model_maps_to(runtime, pool, router):
-    driven = await drive(runtime, pool, [router], body=chat("hi", model="model-b"))
+async def test_body_router_sends_the_request_to_the_upstream_its_model_maps_to(runtime, router):
+    driven = await drive(runtime, [router], body=chat("hi", model="model-b"))
     assert driven.upstream == "http://b.test"
     assert driven.upstream_headers["x-gateway-model-name"] == "model-b"
 
 
-async def test_body_router_sends_an_unknown_model_to_the_default(runtime, pool, router):
-    driven = await drive(runtime, pool, [router], body=chat("hi", model="model-z"))
+async def test_body_router_sends_an_unknown_model_to_the_default(runtime, router):
+    driven = await drive(runtime, [router], body=chat("hi", model="model-z"))
     assert driven.upstream == "http://default.test"
 
 
-async def test_body_router_answers_a_body_that_is_not_json_with_400(runtime, pool, router):
-    driven = await drive(runtime, pool, [router], body=b"{not json")
+async def test_body_router_answers_a_body_that_is_not_json_with_400(runtime, router):
+    driven = await drive(runtime, [router], body=b"{not json")
     assert not driven.reached_upstream
     assert driven.status == 400
     assert json.loads(driven.body)["error"]["type"] == "invalid_request_error"
@@ -134,8 +133,8 @@ def test_body_router_refuses_an_upstream_that_is_not_a_url(runtime):
 # -- a chain of them ----------------------------------------------------------------
 
 
-async def test_the_router_sees_the_model_before_pii_redact_changes_the_body(runtime, pool, router, pii):
-    driven = await drive(runtime, pool, [router, pii], body=chat("I am x@example.com", model="model-a"))
+async def test_the_router_sees_the_model_before_pii_redact_changes_the_body(runtime, router, pii):
+    driven = await drive(runtime, [router, pii], body=chat("I am x@example.com", model="model-a"))
     assert driven.upstream == "http://a.test"
     assert sent_prompt(driven.upstream_body) == "I am [REDACTED:EMAIL]"
 

@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from wasmgate.config import ConfigError, load_config, parse_config
-from wasmgate.oci import OciError, OciSource
-from wasmgate.processors import load_processors
+from wasmgate.gateway import load_processors
 from wasmgate.server import start_gateway
+from wasmgate.sources import OciError, OciSource
 
 from .conftest import MODULES, free_port, header_echo
 from .wat import header_setter
@@ -167,7 +167,7 @@ def test_credentials_come_from_a_docker_auth_file(auth_registry, tmp_path, monke
     assert source.fetch(auth_registry.ref("mods/by-file")) == (MODULES / "header-inject.wasm").read_bytes()
 
 
-def test_wasmgate_push_publishes_a_module_the_gateway_serves(registry, runtime, pool, tmp_path):
+def test_wasmgate_push_publishes_a_module_the_gateway_serves(registry, runtime, tmp_path):
     pushed = subprocess.run(
         [
             sys.executable,
@@ -205,7 +205,7 @@ def test_wasmgate_push_publishes_a_module_the_gateway_serves(registry, runtime, 
                 "routes": [{"name": "r", "upstream": upstream_url, "processors": ["inject"]}],
             }
         )
-        gateway = await start_gateway(config, runtime, pool)
+        gateway = await start_gateway(config, runtime)
         host, port = gateway.addresses[0][:2]
         try:
             async with aiohttp.ClientSession() as client, client.get(f"http://{host}:{port}/") as response:
@@ -217,7 +217,7 @@ def test_wasmgate_push_publishes_a_module_the_gateway_serves(registry, runtime, 
     assert asyncio.run(scenario()) == "oci"
 
 
-async def test_a_moved_tag_with_pull_policy_always_is_picked_up(registry, runtime, pool, tmp_path):
+async def test_a_moved_tag_with_pull_policy_always_is_picked_up(registry, runtime, tmp_path):
     def tagging(version: str) -> Path:
         path = tmp_path / f"tag-{version}.wasm"
         path.write_bytes(header_setter("x-version", version))
@@ -242,7 +242,7 @@ async def test_a_moved_tag_with_pull_policy_always_is_picked_up(registry, runtim
             }
         )
     )
-    gateway = await start_gateway(load_config(config_path), runtime, pool, config_path=config_path)
+    gateway = await start_gateway(load_config(config_path), runtime, config_path=config_path)
     host, port = gateway.addresses[0][:2]
     try:
         async with aiohttp.ClientSession() as client:

@@ -72,7 +72,7 @@ class Live:
 
 
 @pytest.fixture
-async def live(runtime, pool, tmp_path: Path) -> AsyncIterator[Live]:
+async def live(runtime, tmp_path: Path) -> AsyncIterator[Live]:
     upstream, upstream_url = await header_echo("x-version")
     runners = [upstream]
     (tmp_path / "modules").mkdir()
@@ -86,7 +86,7 @@ async def live(runtime, pool, tmp_path: Path) -> AsyncIterator[Live]:
     }
     put(tmp_path / "gateway.yaml", yaml.safe_dump(config).encode())
     config_path = tmp_path / "gateway.yaml"
-    runners.append(await start_gateway(load_config(config_path), runtime, pool, config_path=config_path))
+    runners.append(await start_gateway(load_config(config_path), runtime, config_path=config_path))
     host, port = runners[1].addresses[0][:2]
     served = Live(tmp_path, f"http://{host}:{port}", config)
     await asyncio.sleep(0.3)  # the watch is set up

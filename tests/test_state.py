@@ -10,7 +10,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -59,13 +59,16 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(params=["memory", "redis"])
-def state(request: pytest.FixtureRequest) -> Iterator[State]:
+async def state(request: pytest.FixtureRequest) -> AsyncIterator[State]:
     if request.param == "memory":
         memory = MemoryState.create()
         yield memory
         memory.remove()
     else:
-        yield open_state(StateConfig(backend=StateBackendKind.REDIS, url=request.getfixturevalue("redis_server").url))
+        url = request.getfixturevalue("redis_server").url
+        redis_state = open_state(StateConfig(backend=StateBackendKind.REDIS, url=url))
+        yield redis_state
+        await redis_state.close()
 
 
 def counting(key: str = "hits", delta: int = 1, window_ms: int = 60_000, limit: int | None = None) -> bytes:
@@ -81,47 +84,47 @@ def counting(key: str = "hits", delta: int = 1, window_ms: int = 60_000, limit: 
     )
 
 
-async def add(runtime, pool, processor) -> tuple[int, int, bool]:
-    driven = await drive(runtime, pool, [processor])
+async def add(runtime, processor) -> tuple[int, int, bool]:
+    driven = await drive(runtime, [processor])
     assert driven.status == 200, driven.body
     value, reset_ms, applied = struct.unpack("<qIB3x", driven.body)
     return value, reset_ms, bool(applied)
 
 
-async def test_a_counter_adds_up_within_its_window(runtime, pool, state):
+async def test_a_counter_adds_up_within_its_window(runtime, state):
     processor = make_processor(runtime, counting(delta=5), state=state)
-    seen = [await add(runtime, pool, processor) for _ in range(3)]
+    seen = [await add(runtime, processor) for _ in range(3)]
     assert [value for value, _, _ in seen] == [5, 10, 15]
     assert all(0 < reset_ms <= 60_000 and applied for _, reset_ms, applied in seen)
 
 
-async def test_a_limit_refuses_an_add_that_would_pass_it(runtime, pool, state):
+async def test_a_limit_refuses_an_add_that_would_pass_it(runtime, state):
     processor = make_processor(runtime, counting(delta=4, limit=10), state=state)
-    seen = [await add(runtime, pool, processor) for _ in range(3)]
+    seen = [await add(runtime, processor) for _ in range(3)]
     assert [(value, applied) for value, _, applied in seen] == [(4, True), (8, True), (8, False)]
 
 
-async def test_concurrent_adds_never_take_a_counter_past_its_limit(runtime, pool, state):
+async def test_concurrent_adds_never_take_a_counter_past_its_limit(runtime, state):
     processor = make_processor(runtime, counting(limit=20), state=state)
-    results = await asyncio.gather(*(add(runtime, pool, processor) for _ in range(50)))
+    results = await asyncio.gather(*(add(runtime, processor) for _ in range(50)))
     assert sum(applied for _, _, applied in results) == 20
     assert max(value for value, _, _ in results) == 20
 
 
-async def test_a_counter_starts_again_when_its_window_ends(runtime, pool, state):
+async def test_a_counter_starts_again_when_its_window_ends(runtime, state):
     processor = make_processor(runtime, counting(window_ms=200), state=state)
-    assert (await add(runtime, pool, processor))[0] == 1
-    assert (await add(runtime, pool, processor))[0] == 2
+    assert (await add(runtime, processor))[0] == 1
+    assert (await add(runtime, processor))[0] == 2
     await asyncio.sleep(0.3)
-    assert (await add(runtime, pool, processor))[0] == 1
+    assert (await add(runtime, processor))[0] == 1
 
 
-async def test_processors_never_share_keys(runtime, pool, state):
+async def test_processors_never_share_keys(runtime, state):
     first = make_processor(runtime, counting(), state=state)
     second = make_processor(runtime, counting(), state=state)
-    await add(runtime, pool, first)
-    await add(runtime, pool, first)
-    assert (await add(runtime, pool, second))[0] == 1
+    await add(runtime, first)
+    await add(runtime, first)
+    assert (await add(runtime, second))[0] == 1
 
 
 def kv(op: str, ttl_ms: int = 0) -> bytes:
@@ -143,11 +146,11 @@ def kv(op: str, ttl_ms: int = 0) -> bytes:
     return guest(phases=1, request_headers=hooks[op], strings={"key": "k", "value": "stored"})
 
 
-async def test_the_key_value_store_sets_gets_expires_and_deletes(runtime, pool, state):
+async def test_the_key_value_store_sets_gets_expires_and_deletes(runtime, state):
     name = "kv-owner"  # the same processor name for every guest: the same namespace
 
     async def run(op: str, ttl_ms: int = 0) -> tuple[int, bytes]:
-        driven = await drive(runtime, pool, [make_processor(runtime, kv(op, ttl_ms), name=name, state=state)])
+        driven = await drive(runtime, [make_processor(runtime, kv(op, ttl_ms), name=name, state=state)])
         return driven.status, driven.body
 
     assert (await run("get"))[0] == 404
@@ -161,27 +164,28 @@ async def test_the_key_value_store_sets_gets_expires_and_deletes(runtime, pool, 
     assert (await run("get"))[0] == 404
 
 
-async def test_a_state_call_without_a_backend_fails_with_state_unavailable(runtime, pool):
+async def test_a_state_call_without_a_backend_fails_with_state_unavailable(runtime):
     processor = make_processor(runtime, counting())
-    driven = await drive(runtime, pool, [processor])
+    driven = await drive(runtime, [processor])
     assert json.loads(driven.body)["error"]["cause"] == "state_unavailable"
 
 
-async def test_redis_going_away_fails_by_the_failure_mode_and_recovers(runtime, pool):
+async def test_redis_going_away_fails_by_the_failure_mode_and_recovers(runtime):
     server = RedisServer()
     server.start()
     state = open_state(StateConfig(backend=StateBackendKind.REDIS, url=server.url, timeout="200ms"))
     closed = make_processor(runtime, counting(), state=state)
     opened = make_processor(runtime, counting(), state=state, failure_mode="fail_open")
     try:
-        assert (await add(runtime, pool, closed))[0] == 1
+        assert (await add(runtime, closed))[0] == 1
         server.stop()
-        down = await drive(runtime, pool, [closed])
+        down = await drive(runtime, [closed])
         assert (down.status, json.loads(down.body)["error"]["cause"]) == (503, "state_unavailable")
-        assert (await drive(runtime, pool, [opened])).reached_upstream
+        assert (await drive(runtime, [opened])).reached_upstream
         server.start()
-        assert (await add(runtime, pool, closed))[0] == 1  # a new server: the count starts again
+        assert (await add(runtime, closed))[0] == 1  # a new server: the count starts again
     finally:
+        await state.close()
         server.stop()
 
 
@@ -194,20 +198,24 @@ def test_an_unreachable_redis_is_a_clear_error_at_start():
     assert raised.value.problems[0].startswith(f"state.url: cannot reach Redis at {url}")
 
 
-def test_the_memory_backend_is_one_source_of_truth_for_several_processes():
+async def add_300(state: MemoryState) -> None:
+    for _ in range(300):
+        await state.counter_add(b"shared", 1, 60_000, None, 5.0)
+
+
+async def test_the_memory_backend_is_one_source_of_truth_for_several_processes():
     memory = MemoryState.create()
     script = f"""
+import asyncio
 from pathlib import Path
+from tests.test_state import add_300
 from wasmgate.state import MemoryState
-state = MemoryState(Path({str(memory.path)!r}))
-for _ in range(300):
-    state.counter_add(b"shared", 1, 60_000, None, 5.0)
+asyncio.run(add_300(MemoryState(Path({str(memory.path)!r}))))
 """
     try:
         workers = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT) for _ in range(2)]
-        for _ in range(300):
-            memory.counter_add(b"shared", 1, 60_000, None, 5.0)
-        assert [worker.wait(timeout=60) for worker in workers] == [0, 0]
-        assert memory.counter_add(b"shared", 0, 60_000, None, 5.0).value == 900
+        await add_300(memory)
+        assert [await asyncio.to_thread(worker.wait, 60) for worker in workers] == [0, 0]
+        assert (await memory.counter_add(b"shared", 0, 60_000, None, 5.0)).value == 900
     finally:
         memory.remove()

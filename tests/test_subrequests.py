@@ -124,75 +124,75 @@ def calls_to(service_url: str, **subrequests: Any) -> dict[str, Any]:
     return {"subrequests": {"allow": [service_url], **subrequests}, "timeouts": {"request_headers": "5s"}}
 
 
-async def test_a_paused_processor_resumes_with_the_calls_answer(runtime, pool, service):
+async def test_a_paused_processor_resumes_with_the_calls_answer(runtime, service):
     processor = make_processor(
         runtime, caller(f"{service.url}/echo", method="POST", body=b"is this ok?"), **calls_to(service.url)
     )
-    driven = await drive(runtime, pool, [processor])
+    driven = await drive(runtime, [processor])
     assert not driven.reached_upstream
     assert (driven.status, json.loads(driven.body)) == (201, {"body": "is this ok?"})
 
 
-async def test_calls_carry_an_idempotency_key_an_attempt_number_and_the_depth(runtime, pool, service):
+async def test_calls_carry_an_idempotency_key_an_attempt_number_and_the_depth(runtime, service):
     processor = make_processor(runtime, caller(f"{service.url}/echo"), **calls_to(service.url))
-    await drive(runtime, pool, [processor])
+    await drive(runtime, [processor])
     headers = service.seen[0]["headers"]
     assert len(headers["Idempotency-Key"]) == 32
     assert (headers["Wasmgate-Attempt"], headers["Wasmgate-Depth"]) == ("1", "1")
 
 
-async def test_retries_keep_the_idempotency_key_and_count_attempts(runtime, pool, service):
+async def test_retries_keep_the_idempotency_key_and_count_attempts(runtime, service):
     processor = make_processor(
         runtime, caller(f"{service.url}/flaky"), **calls_to(service.url, retries=2, backoff="10ms")
     )
-    driven = await drive(runtime, pool, [processor])
+    driven = await drive(runtime, [processor])
     assert (driven.status, driven.body) == (200, b"third time")
     attempts = [(seen["headers"]["Idempotency-Key"], seen["headers"]["Wasmgate-Attempt"]) for seen in service.seen]
     key = attempts[0][0]
     assert attempts == [(key, "1"), (key, "2"), (key, "3")]
 
 
-async def test_the_guest_sees_the_last_answer_when_retries_run_out(runtime, pool, service):
+async def test_the_guest_sees_the_last_answer_when_retries_run_out(runtime, service):
     processor = make_processor(runtime, caller(f"{service.url}/flaky"), **calls_to(service.url, retries=1))
-    driven = await drive(runtime, pool, [processor])
+    driven = await drive(runtime, [processor])
     assert driven.status == 503
     assert len(service.seen) == 2
 
 
-async def test_a_call_to_an_origin_not_allowed_is_denied_without_a_connection(runtime, pool, service):
+async def test_a_call_to_an_origin_not_allowed_is_denied_without_a_connection(runtime, service):
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         listener.setblocking(False)
         port = listener.getsockname()[1]
         processor = make_processor(runtime, caller(f"http://127.0.0.1:{port}/x"), **calls_to(service.url))
-        driven = await drive(runtime, pool, [processor])
+        driven = await drive(runtime, [processor])
         with pytest.raises(BlockingIOError):
             listener.accept()  # nobody knocked
     assert driven.status == ERROR_STATUS + DENIED
 
 
-async def test_a_response_over_max_response_bytes_is_too_large(runtime, pool, service):
+async def test_a_response_over_max_response_bytes_is_too_large(runtime, service):
     processor = make_processor(
         runtime, caller(f"{service.url}/big"), **calls_to(service.url, max_response_bytes="1MiB")
     )
-    assert (await drive(runtime, pool, [processor])).status == ERROR_STATUS + TOO_LARGE
+    assert (await drive(runtime, [processor])).status == ERROR_STATUS + TOO_LARGE
 
 
-async def test_a_call_past_its_own_timeout_fails_with_timeout(runtime, pool, service):
+async def test_a_call_past_its_own_timeout_fails_with_timeout(runtime, service):
     processor = make_processor(runtime, caller(f"{service.url}/slow?s=2", timeout_ms=100), **calls_to(service.url))
-    assert (await drive(runtime, pool, [processor])).status == ERROR_STATUS + TIMEOUT
+    assert (await drive(runtime, [processor])).status == ERROR_STATUS + TIMEOUT
 
 
-async def test_a_refused_connection_fails_with_connect(runtime, pool):
+async def test_a_refused_connection_fails_with_connect(runtime):
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{unused.getsockname()[1]}"
     processor = make_processor(runtime, caller(f"{closed}/x"), **calls_to(closed))
-    assert (await drive(runtime, pool, [processor])).status == ERROR_STATUS + CONNECT
+    assert (await drive(runtime, [processor])).status == ERROR_STATUS + CONNECT
 
 
-async def test_a_call_hanging_past_the_phase_deadline_fails_closed_and_its_connection_is_closed(runtime, pool):
+async def test_a_call_hanging_past_the_phase_deadline_fails_closed_and_its_connection_is_closed(runtime):
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
@@ -203,7 +203,7 @@ async def test_a_call_hanging_past_the_phase_deadline_fails_closed_and_its_conne
             **{**calls_to(origin, timeout="10s"), "timeouts": {"request_headers": "300ms"}},
         )
         started = time.monotonic()
-        driven = await drive(runtime, pool, [processor])
+        driven = await drive(runtime, [processor])
         elapsed = time.monotonic() - started
         connection, _ = listener.accept()
         with connection:
@@ -215,52 +215,52 @@ async def test_a_call_hanging_past_the_phase_deadline_fails_closed_and_its_conne
     assert 0.3 <= elapsed < 1.5
 
 
-async def test_a_hanging_call_with_fail_open_lets_the_request_through(runtime, pool, service):
+async def test_a_hanging_call_with_fail_open_lets_the_request_through(runtime, service):
     settings = {**calls_to(service.url), "timeouts": {"request_headers": "200ms"}}
     processor = make_processor(runtime, caller(f"{service.url}/slow?s=5"), failure_mode="fail_open", **settings)
-    driven = await drive(runtime, pool, [processor])
+    driven = await drive(runtime, [processor])
     assert driven.reached_upstream
     assert driven.outcomes[processor.name].result == "error:timeout"
 
 
-async def test_starting_more_calls_than_max_concurrent_is_refused_to_the_guest(runtime, pool, service):
+async def test_starting_more_calls_than_max_concurrent_is_refused_to_the_guest(runtime, service):
     processor = make_processor(
         runtime, caller(f"{service.url}/echo", calls=3), **calls_to(service.url, max_concurrent=2)
     )
-    driven = await drive(runtime, pool, [processor])
+    driven = await drive(runtime, [processor])
     assert driven.status == CALL_FAILED
     assert b"max_concurrent" in driven.body
 
 
-async def test_pausing_with_no_call_started_is_an_abi_violation(runtime, pool):
+async def test_pausing_with_no_call_started_is_an_abi_violation(runtime):
     processor = make_processor(runtime, guest(phases=1, request_headers="i32.const 2"))
-    error = json.loads((await drive(runtime, pool, [processor])).body)["error"]
+    error = json.loads((await drive(runtime, [processor])).body)["error"]
     assert error["cause"] == "abi_violation"
     assert "nothing to wait for" in error["message"]
 
 
-async def test_call_responses_count_against_the_memory_quota(runtime, pool, service):
+async def test_call_responses_count_against_the_memory_quota(runtime, service):
     processor = make_processor(
         runtime,
         caller(f"{service.url}/big"),
         memory_limit="2MiB",
         **calls_to(service.url, max_response_bytes="4MiB"),
     )
-    error = json.loads((await drive(runtime, pool, [processor])).body)["error"]
+    error = json.loads((await drive(runtime, [processor])).body)["error"]
     assert error["cause"] == "memory_limit"
 
 
-async def test_many_requests_wait_on_calls_without_a_thread_each(runtime, pool, service):
-    # The pool has 2 threads; 40 requests each wait 300 ms on a call, at once.
+async def test_many_requests_wait_on_calls_without_a_thread_each(runtime, service):
+    # 40 requests each wait 300 ms on a call, at once, on one event loop.
     processor = make_processor(runtime, caller(f"{service.url}/slow?s=0.3"), **calls_to(service.url))
     started = time.monotonic()
-    results = await asyncio.gather(*(drive(runtime, pool, [processor]) for _ in range(40)))
+    results = await asyncio.gather(*(drive(runtime, [processor]) for _ in range(40)))
     elapsed = time.monotonic() - started
     assert [driven.status for driven in results] == [200] * 40
-    assert elapsed < 2.0  # sequential waiting on 2 threads would take 6 s
+    assert elapsed < 2.0  # waiting one after another would take 12 s
 
 
-async def test_a_request_deeper_than_the_limit_is_refused_with_508(runtime, pool, tmp_path):
+async def test_a_request_deeper_than_the_limit_is_refused_with_508(runtime, tmp_path):
     async def upstream(_: web.Request) -> web.Response:
         return web.Response(text="reached")
 
@@ -273,7 +273,7 @@ async def test_a_request_deeper_than_the_limit_is_refused_with_508(runtime, pool
         "max_subrequest_depth": 2,
         "routes": [{"name": "r", "upstream": f"http://{host}:{port}"}],
     }
-    runners.append(await start_gateway(parse_config(config), runtime, pool))
+    runners.append(await start_gateway(parse_config(config), runtime))
     host, port = runners[1].addresses[0][:2]
     try:
         async with aiohttp.ClientSession() as client:
@@ -287,10 +287,10 @@ async def test_a_request_deeper_than_the_limit_is_refused_with_508(runtime, pool
     assert statuses == [200, 508, 508]
 
 
-async def test_calls_are_counted_by_origin_and_outcome(runtime, pool, service):
+async def test_calls_are_counted_by_origin_and_outcome(runtime, service):
     processor = make_processor(runtime, caller(f"{service.url}/echo"), **calls_to(service.url))
-    await drive(runtime, pool, [processor])
-    await drive(runtime, pool, [make_processor(runtime, caller("http://elsewhere.test/"), name=processor.name + "x")])
+    await drive(runtime, [processor])
+    await drive(runtime, [make_processor(runtime, caller("http://elsewhere.test/"), name=processor.name + "x")])
     labels = {"processor": processor.name, "origin": service.url, "outcome": "2xx"}
     assert REGISTRY.get_sample_value("wasmgate_subrequests_total", labels) == 1.0
     denied = {"processor": processor.name + "x", "origin": "(denied)", "outcome": "denied"}
@@ -299,7 +299,7 @@ async def test_calls_are_counted_by_origin_and_outcome(runtime, pool, service):
     assert REGISTRY.get_sample_value("wasmgate_subrequest_duration_seconds_count", timed) == 1.0
 
 
-async def test_a_retried_phase_makes_its_calls_again_under_the_same_idempotency_keys(runtime, pool, service):
+async def test_a_retried_phase_makes_its_calls_again_under_the_same_idempotency_keys(runtime, service):
     trap_on_first_resume = """
         i32.const 900 call $get-checkpoint
         i32.const 900 i32.load8_u i32.eqz
@@ -307,7 +307,7 @@ async def test_a_retried_phase_makes_its_calls_again_under_the_same_idempotency_
     processor = make_processor(
         runtime, caller(f"{service.url}/echo", on_resume=trap_on_first_resume), phase_retries=1, **calls_to(service.url)
     )
-    driven = await drive(runtime, pool, [processor])
+    driven = await drive(runtime, [processor])
     assert driven.status == 201
     keys = [seen["headers"]["Idempotency-Key"] for seen in service.seen]
     assert len(keys) == 2

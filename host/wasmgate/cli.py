@@ -52,7 +52,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .oci import OciError, OciSource
+    from .sources import OciError, OciSource
 
     try:
         with tempfile.TemporaryDirectory() as cache:  # pushing caches nothing

@@ -22,9 +22,8 @@ import yaml
 from aiohttp import web
 
 from .config import Config, parse_config
-from .engine import Runtime
-from .executor import GuestPool
 from .mocks import moderation, openai
+from .runtime import Runtime
 from .server import listen, start_gateway
 
 PACKAGE = Path(__file__).resolve().parent
@@ -131,16 +130,13 @@ def _table(steps: list[Step]) -> str:
 
 async def _run() -> bool:
     runners: list[web.AppRunner] = []
-    runtime = pool = None
     try:
         _say("starting two mock OpenAI-compatible upstreams and a mock moderation service")
         for app in (openai.make_app("upstream-a"), openai.make_app("upstream-b"), moderation.make_app()):
             runners.append(await listen(app, "127.0.0.1:0", reuse_port=False))
         config = demo_config(*(_address(runner) for runner in runners))
         _say(f"loading {len(config.processors)} processors from {MODULES} (compiled once, then cached)")
-        runtime = Runtime(cache_dir=config.cache_dir, max_instances=256)
-        pool = GuestPool(config.sandbox.threads)
-        runners.append(await start_gateway(config, runtime, pool))
+        runners.append(await start_gateway(config, Runtime(cache_dir=config.cache_dir, max_instances=256)))
         gateway_url = _address(runners[-1])
         _say(f"gateway listening on {gateway_url}; route chat: inject -> guard -> router -> pii")
         async with aiohttp.ClientSession() as session:
@@ -154,10 +150,6 @@ async def _run() -> bool:
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
-        if pool is not None:
-            pool.close()
-        if runtime is not None:
-            runtime.close()
 
 
 def main() -> int:

@@ -42,8 +42,11 @@ class BatchingHandler(logging.StreamHandler):
             self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         asctime = f"{self._stamp},{int((now - second) * 1000):03d}"
         line = self.template.format(asctime=asctime, levelname="INFO", name=name, message=message)
-        with self.lock:
+        self.acquire()
+        try:
             self.stream.write(line + self.terminator)
+        finally:
+            self.release()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

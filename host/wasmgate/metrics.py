@@ -6,16 +6,12 @@ phase (``HookMetrics``), not looked up per request.
 
 from __future__ import annotations
 
-import math
-import re
 import threading
+from typing import Any
 
-import yarl
 from prometheus_client import Counter, Gauge, Histogram
 
-from .abi import Hook, MetricKind
-from .failures import AbiViolation, Cause
-from .subrequests import CallError, CallResponse
+from .runtime import Cause, Hook, MetricKind
 
 _FAST = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -111,21 +107,18 @@ class SubrequestMetrics:
     def __init__(self, processor: str) -> None:
         self._processor = processor
 
-    def finished(self, url: yarl.URL, result: CallResponse | CallError, seconds: float) -> None:
-        if result is CallError.DENIED:
-            SUBREQUESTS.labels(self._processor, DENIED_ORIGIN, "denied").inc()
-            return
-        origin = str(url.origin())
-        if isinstance(result, CallResponse):
-            outcome = f"{result.status // 100}xx"
-            SUBREQUEST_BYTES.labels(self._processor, origin).inc(len(result.body))
-        else:
-            outcome = result.name.lower()
+    def denied(self) -> None:
+        SUBREQUESTS.labels(self._processor, DENIED_ORIGIN, "denied").inc()
+
+    def finished(self, origin: str, outcome: str, seconds: float, received: int) -> None:
+        """A call ended: ``outcome`` is its status class (``2xx``...) or its error."""
+        if received:
+            SUBREQUEST_BYTES.labels(self._processor, origin).inc(received)
         SUBREQUESTS.labels(self._processor, origin, outcome).inc()
         SUBREQUEST_SECONDS.labels(self._processor, origin).observe(seconds)
 
-    def retried(self, url: yarl.URL) -> None:
-        SUBREQUEST_RETRIES.labels(self._processor, str(url.origin())).inc()
+    def retried(self, origin: str) -> None:
+        SUBREQUEST_RETRIES.labels(self._processor, origin).inc()
 
 
 class ProcessorMetrics:
@@ -167,83 +160,56 @@ class HookMetrics:
         child.inc()
 
 
-_NAME = re.compile(r"[a-z_][a-z0-9_]{0,63}")
-MAX_METRICS_PER_PROCESSOR = 32
-MAX_LABELS = 8
 MAX_SERIES_PER_METRIC = 1000
 
 _Shape = tuple[MetricKind, tuple[str, ...], tuple[float, ...]]
-_families: dict[str, tuple[_Shape, object]] = {}
+_families: dict[str, tuple[_Shape, Counter | Gauge | Histogram]] = {}
 _families_lock = threading.Lock()
 
 
 class GuestMetrics:
     """The metrics one processor declared, exported as ``wasmgate_guest_<name>``.
 
-    Every series carries the ``processor`` label, so processors sharing a
-    metric name stay apart. Bounded: a guest cannot grow the host's metric
-    memory past ``MAX_METRICS_PER_PROCESSOR`` x ``MAX_SERIES_PER_METRIC``.
+    The core checks each definition and record (names, labels, bounds, values)
+    and numbers the metrics; here they are made and recorded. Every series
+    carries the ``processor`` label, so processors sharing a metric name stay
+    apart. Bounded: at most ``MAX_SERIES_PER_METRIC`` label sets per metric.
     """
 
     def __init__(self, processor: str) -> None:
         self._processor = processor
-        self._ids: dict[str, int] = {}
-        self._metrics: list[tuple[_Shape, object, dict[tuple[str, ...], object]]] = []  # and each series' child
+        # by metric: its kind, family and each label set's child
+        self._metrics: dict[int, tuple[MetricKind, Counter | Gauge | Histogram, dict[tuple[str, ...], Any]]] = {}
         self._lock = threading.Lock()
 
-    def define(self, kind: MetricKind, name: str, help_text: str, labels: list[str], buckets: tuple[float, ...]) -> int:
-        """Returns the metric's id; raises ``ValueError`` with the reason to give the guest."""
-        if not _NAME.fullmatch(name):
-            raise ValueError(f"metric name {name!r} must match [a-z_][a-z0-9_]* (at most 64 characters)")
-        if len(labels) > MAX_LABELS:
-            raise ValueError(f"metric {name!r} has {len(labels)} labels, at most {MAX_LABELS} are allowed")
-        for label in labels:
-            if not _NAME.fullmatch(label) or label == "processor" or label.startswith("__"):
-                raise ValueError(f"label name {label!r} of metric {name!r} is not allowed")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"metric {name!r} repeats a label name")
-        increasing = list(buckets) == sorted(set(buckets)) and all(map(math.isfinite, buckets))
-        if kind is MetricKind.HISTOGRAM and not increasing:
-            raise ValueError(f"buckets of histogram {name!r} must be finite and strictly increasing")
-        shape = (kind, ("processor", *labels), buckets if kind is MetricKind.HISTOGRAM else ())
+    def define(
+        self, metric: int, kind: MetricKind, name: str, help_text: str, labels: list[str], buckets: list[float]
+    ) -> None:
+        """Makes metric number ``metric``; ``ValueError`` when another processor declared the name otherwise."""
+        shape = (kind, ("processor", *labels), tuple(buckets))
+        family = _family(name, help_text, shape)
         with self._lock:
-            known = self._ids.get(name)
-            if known is not None:
-                if self._metrics[known][0] != shape:
-                    raise ValueError(f"metric {name!r} was declared before with another kind, labels or buckets")
-                return known
-            if len(self._metrics) >= MAX_METRICS_PER_PROCESSOR:
-                raise ValueError(f"a processor may declare at most {MAX_METRICS_PER_PROCESSOR} metrics")
-            family = _family(name, help_text[:200] or name, shape)
-            self._ids[name] = len(self._metrics)
-            self._metrics.append((shape, family, {}))
-            return len(self._metrics) - 1
+            self._metrics.setdefault(metric, (kind, family, {}))
 
-    def record(self, metric: int, label_values: list[str], value: float) -> None:
-        if not 0 <= metric < len(self._metrics):
-            raise AbiViolation(f"record-metric: no metric with id {metric}")
-        (kind, labels, _), family, series = self._metrics[metric]
-        if len(label_values) != len(labels) - 1:
-            raise AbiViolation(f"record-metric: {len(label_values)} label values for {len(labels) - 1} labels")
-        if not math.isfinite(value) or (kind is MetricKind.COUNTER and value < 0):
-            raise AbiViolation(f"record-metric: {value} is not a valid {kind.name.lower()} value")
-        key = tuple(label_values)
-        child = series.get(key)
-        if child is None:
-            with self._lock:
-                if len(series) >= MAX_SERIES_PER_METRIC:
-                    GUEST_SERIES_DROPPED.labels(self._processor).inc()
-                    return
-                child = series[key] = family.labels(self._processor, *label_values)
-        if kind is MetricKind.COUNTER:
-            child.inc(value)
-        elif kind is MetricKind.GAUGE:
-            child.set(value)
-        else:
-            child.observe(value)
+    def record(self, records: list[tuple[int, tuple[str, ...], float]]) -> None:
+        for metric, labels, value in records:
+            kind, family, series = self._metrics[metric]
+            child: Any = series.get(labels)
+            if child is None:
+                with self._lock:
+                    if len(series) >= MAX_SERIES_PER_METRIC:
+                        GUEST_SERIES_DROPPED.labels(self._processor).inc()
+                        continue
+                    child = series[labels] = family.labels(self._processor, *labels)
+            if kind is MetricKind.COUNTER:
+                child.inc(value)
+            elif kind is MetricKind.GAUGE:
+                child.set(value)
+            else:
+                child.observe(value)
 
 
-def _family(name: str, help_text: str, shape: _Shape) -> object:
+def _family(name: str, help_text: str, shape: _Shape) -> Counter | Gauge | Histogram:
     """The process-wide Prometheus family for a guest metric name."""
     kind, labels, buckets = shape
     with _families_lock:
@@ -253,6 +219,7 @@ def _family(name: str, help_text: str, shape: _Shape) -> object:
                 raise ValueError(f"metric {name!r} is already declared by another processor with another shape")
             return existing[1]
         full = f"wasmgate_guest_{name}"
+        family: Counter | Gauge | Histogram
         if kind is MetricKind.COUNTER:
             family = Counter(full, help_text, labels)
         elif kind is MetricKind.GAUGE:

@@ -26,13 +26,10 @@ from pathlib import Path
 import watchfiles
 
 from .config import Config, ConfigError, PullPolicy, load_config
-from .engine import Runtime
+from .gateway import Gateway, Processor, build_routes, load_processors
 from .metrics import MODULE_INFO, RELOADS
-from .oci import OciError
-from .processors import Processor, load_processors
-from .proxy import Gateway
-from .routing import build_routes
-from .sources import ModuleCatalog
+from .runtime import Runtime
+from .sources import ModuleCatalog, OciError
 from .state import State
 
 log = logging.getLogger("wasmgate.reload")

@@ -20,7 +20,8 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -28,12 +29,9 @@ from aiohttp import web
 
 from . import logs
 from .config import Config, StateBackendKind, split_address
-from .engine import Runtime
-from .executor import GuestPool
-from .processors import load_processors
-from .proxy import Gateway, app
+from .gateway import Gateway, app, build_routes, load_processors
 from .reload import Reloader, publish
-from .routing import build_routes
+from .runtime import Runtime
 from .sources import ModuleCatalog
 from .state import MemoryState, open_state
 
@@ -44,11 +42,7 @@ def check(config: Config) -> None:
     """Compiles every module, runs every processor's init and reaches the state backend; raises ``ConfigError``."""
     if config.state.backend is StateBackendKind.REDIS:
         open_state(config.state)
-    runtime = Runtime(cache_dir=config.cache_dir, max_instances=max(64, len(config.processors)))
-    try:
-        load_processors(runtime, config)
-    finally:
-        runtime.close()
+    load_processors(Runtime(cache_dir=config.cache_dir, max_instances=max(64, len(config.processors))), config)
 
 
 def shared_state(config: Config) -> tuple[Config, MemoryState | None]:
@@ -71,7 +65,7 @@ RELOADER = web.AppKey("reloader", Reloader)
 
 
 async def start_gateway(
-    config: Config, runtime: Runtime, pool: GuestPool, reuse_port: bool = False, config_path: Path | None = None
+    config: Config, runtime: Runtime, reuse_port: bool = False, config_path: Path | None = None
 ) -> web.AppRunner:
     """Loads the processors (off the event loop) and listens on ``config.listen``.
 
@@ -83,11 +77,10 @@ async def start_gateway(
     config, made = shared_state(config)
     state = await loop.run_in_executor(None, open_state, config.state)
     processors = await loop.run_in_executor(None, load_processors, runtime, config, catalog, state)
-    gateway = Gateway(
-        build_routes(config.routes, processors), runtime, pool, config.upstream, config.max_subrequest_depth
-    )
+    gateway = Gateway(build_routes(config.routes, processors), runtime, config.upstream, config.max_subrequest_depth)
     publish(processors)
     application = app(gateway)
+    application.on_cleanup.append(lambda _: state.close())
     if made is not None:
         application.on_cleanup.append(lambda _: asyncio.to_thread(made.remove))
     if config_path is not None:
@@ -102,10 +95,9 @@ async def serve(
 ) -> None:
     """Loads the processors, then serves until ``stop`` is set; SIGHUP reloads."""
     runtime = Runtime(cache_dir=config.cache_dir, max_instances=config.sandbox.max_instances)
-    pool = GuestPool(config.sandbox.threads)
     runners: list[web.AppRunner] = []
     try:
-        runners.append(await start_gateway(config, runtime, pool, reuse_port=True, config_path=config_path))
+        runners.append(await start_gateway(config, runtime, reuse_port=True, config_path=config_path))
         if RELOADER in runners[0].app:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, runners[0].app[RELOADER].request)
         if admin:
@@ -121,8 +113,6 @@ async def serve(
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
-        pool.close()
-        runtime.close()
 
 
 GC_YOUNG_THRESHOLD = 50_000
@@ -139,7 +129,7 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
-def _run_loop(main: Callable[[asyncio.Event], object]) -> None:
+def _run_loop(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Runs ``main(stop)`` on uvloop when available; SIGTERM and SIGINT set ``stop``."""
 
     async def entry() -> None:
@@ -171,7 +161,9 @@ def _worker(config: Config, config_path: Path | None, ready: Event) -> None:
     async def main(stop: asyncio.Event) -> None:
         # A worker ends with its supervisor, even one killed outright (kill -9, the OOM killer): an orphan
         # would serve on, with its old config, on a port a new gateway shares through SO_REUSEPORT.
-        loop, supervisor = asyncio.get_running_loop(), multiprocessing.parent_process().sentinel
+        parent = multiprocessing.parent_process()
+        assert parent is not None, "a worker is started by its supervisor"
+        loop, supervisor = asyncio.get_running_loop(), parent.sentinel
 
         def supervisor_gone() -> None:
             loop.remove_reader(supervisor)
@@ -190,9 +182,9 @@ def _supervise(config: Config, workers: int, config_path: Path | None) -> None:
     metrics_dir = tempfile.mkdtemp(prefix="wasmgate-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by each worker's prometheus-client at import
     context = multiprocessing.get_context("spawn")
-    slots: list[tuple[multiprocessing.Process, Event]] = []
+    slots: list[tuple[SpawnProcess, Event]] = []
 
-    def start() -> tuple[multiprocessing.Process, Event]:
+    def start() -> tuple[SpawnProcess, Event]:
         ready = context.Event()
         process = context.Process(target=_worker, args=(config, config_path, ready), daemon=True)
         process.start()
@@ -209,7 +201,7 @@ def _supervise(config: Config, workers: int, config_path: Path | None) -> None:
 
         def forward_sighup() -> None:  # each worker reloads on its own
             for process, _ in slots:
-                if process.is_alive():
+                if process.is_alive() and process.pid is not None:
                     os.kill(process.pid, signal.SIGHUP)
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, forward_sighup)

@@ -1,39 +1,48 @@
 """State processors share: windowed counters and a key-value store.
 
-Two backends, chosen by the gateway config's ``state.backend``:
+Two backends, chosen by the gateway config's ``state.backend``, both called
+on the event loop (no thread waits on them):
 
 ``memory`` (the default): a SQLite database in shared memory
 (``/dev/shm``), created by the process that starts the gateway and opened
 by each of its worker processes. It is the single source of truth for all
 of them: every counter update is one SQLite write transaction, which the
 database's lock makes atomic across processes, with no server to run. A
-worker that dies loses nothing. It is not shared between gateways: for
-several replicas behind a load balancer, use ``redis``.
+worker that dies loses nothing. A transaction takes tens of microseconds;
+while another process holds the lock, the call waits for it without
+blocking the loop. It is not shared between gateways: for several replicas
+behind a load balancer, use ``redis``.
 
-``redis``: a Redis server. Counter updates run as one Lua script on the
-server, so they are atomic across every replica; a connection pool per
-worker. An unreachable server is reported when the gateway starts.
+``redis``: a Redis server, through redis-py's asyncio client. Counter updates
+run as one Lua script on the server, so they are atomic across every
+replica; a connection pool per worker. An unreachable server is reported
+when the gateway starts.
 
 Counters live in fixed windows from their first add. A ``limit`` makes an
 add conditional: it happens only if the value stays at or under the limit.
-Keys arrive already namespaced (see ``hostcalls``).
+Keys arrive already namespaced (by the core). Each call is bounded by the
+``timeout`` its caller gives (what is left of the phase) and by ``state.timeout``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar, cast
 
 import redis
+import redis.asyncio
+from redis.commands.core import AsyncScript
 
 from .config import ConfigError, StateBackendKind, StateConfig
+
+T = TypeVar("T")
 
 
 class StateUnavailable(Exception):
@@ -48,14 +57,22 @@ class Counter:
 
 
 class State(Protocol):
-    def counter_add(self, key: bytes, delta: int, window_ms: int, limit: int | None, timeout: float) -> Counter: ...
-    def kv_get(self, key: bytes, timeout: float) -> bytes | None: ...
-    def kv_set(self, key: bytes, value: bytes, ttl_ms: int, timeout: float) -> None: ...
-    def kv_delete(self, key: bytes, timeout: float) -> None: ...
+    async def counter_add(self, key: bytes, delta: int, window_ms: int, limit: int | None, timeout: float) -> Counter:
+        """Adds ``delta`` to a counter (only if it stays within ``limit``), within ``timeout`` seconds."""
+
+    async def kv_get(self, key: bytes, timeout: float) -> bytes | None: ...
+    async def kv_set(self, key: bytes, value: bytes, ttl_ms: int, timeout: float) -> None: ...
+    async def kv_delete(self, key: bytes, timeout: float) -> None: ...
+    async def close(self) -> None:
+        """Lets go of connections; what is stored stays."""
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+LOCK_RETRY = (0.0001, 0.002)
+"""While another process holds the database's lock: the first wait, and the longest."""
 
 
 class MemoryState:
@@ -63,10 +80,13 @@ class MemoryState:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._local = threading.local()
-        with self._transaction(5.0) as db:
-            db.execute("CREATE TABLE IF NOT EXISTS counters (key BLOB PRIMARY KEY, value INTEGER, window_end INTEGER)")
-            db.execute("CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB, expires INTEGER)")
+        # One connection, used only from the event loop of the process, never from two threads at once.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=0")  # a locked database is waited for here, without blocking
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=OFF")  # shared memory: nothing to make durable
+        self._db.execute("CREATE TABLE IF NOT EXISTS counters (key BLOB PRIMARY KEY, value INTEGER, window_end INTEGER)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB, expires INTEGER)")
 
     @classmethod
     def create(cls) -> MemoryState:
@@ -74,55 +94,67 @@ class MemoryState:
         directory = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
         return cls(directory / f"wasmgate-state-{uuid.uuid4().hex}.sqlite")
 
+    async def close(self) -> None:
+        self._db.close()
+
     def remove(self) -> None:
+        """Closes the database and deletes it."""
+        self._db.close()
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
-    @contextlib.contextmanager
-    def _transaction(self, timeout: float) -> Iterator[sqlite3.Connection]:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+    async def _transaction(self, timeout: float, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` in one write transaction: atomic across every process of the gateway."""
+        deadline = time.monotonic() + timeout
+        wait, longest = LOCK_RETRY
         try:
-            if db is None:  # a connection per thread: SQLite's are not shared between threads
-                db = self._local.db = sqlite3.connect(self.path, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=OFF")  # shared memory: nothing to make durable
-            db.execute(f"PRAGMA busy_timeout={max(1, int(timeout * 1000))}")
-            db.execute("BEGIN IMMEDIATE")  # the write lock first: read-modify-write is atomic
+            while True:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")  # the write lock first: read-modify-write is atomic
+                    break
+                except sqlite3.OperationalError as error:
+                    if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() + wait > deadline:
+                        raise
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, longest)
             try:
-                yield db
+                result = work(self._db)
             except BaseException:
-                db.execute("ROLLBACK")
+                self._db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
+            self._db.execute("COMMIT")
+            return result
         except sqlite3.Error as error:
             raise StateUnavailable(f"memory state ({self.path}): {error}") from None
 
-    def counter_add(self, key: bytes, delta: int, window_ms: int, limit: int | None, timeout: float) -> Counter:
+    async def counter_add(self, key: bytes, delta: int, window_ms: int, limit: int | None, timeout: float) -> Counter:
         now = _now_ms()
-        with self._transaction(timeout) as db:
+
+        def add(db: sqlite3.Connection) -> Counter:
             row = db.execute("SELECT value, window_end FROM counters WHERE key = ?", (key,)).fetchone()
             value, window_end = (row[0], row[1]) if row is not None and row[1] > now else (0, now + window_ms)
             new = value + delta
             applied = limit is None or new <= limit
             if applied:
                 db.execute("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)", (key, new, window_end))
-        return Counter(new if applied else value, window_end - now, applied)
+            return Counter(new if applied else value, window_end - now, applied)
 
-    def kv_get(self, key: bytes, timeout: float) -> bytes | None:
-        with self._transaction(timeout) as db:
-            row = db.execute("SELECT value, expires FROM kv WHERE key = ?", (key,)).fetchone()
+        return await self._transaction(timeout, add)
+
+    async def kv_get(self, key: bytes, timeout: float) -> bytes | None:
+        row = await self._transaction(
+            timeout, lambda db: db.execute("SELECT value, expires FROM kv WHERE key = ?", (key,)).fetchone()
+        )
         if row is None or (row[1] and row[1] <= _now_ms()):
             return None
-        return row[0]
+        return cast(bytes, row[0])
 
-    def kv_set(self, key: bytes, value: bytes, ttl_ms: int, timeout: float) -> None:
+    async def kv_set(self, key: bytes, value: bytes, ttl_ms: int, timeout: float) -> None:
         expires = _now_ms() + ttl_ms if ttl_ms else 0
-        with self._transaction(timeout) as db:
-            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (key, value, expires))
+        await self._transaction(timeout, lambda db: db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (key, value, expires)))
 
-    def kv_delete(self, key: bytes, timeout: float) -> None:
-        with self._transaction(timeout) as db:
-            db.execute("DELETE FROM kv WHERE key = ?", (key,))
+    async def kv_delete(self, key: bytes, timeout: float) -> None:
+        await self._transaction(timeout, lambda db: db.execute("DELETE FROM kv WHERE key = ?", (key,)))
 
 
 _COUNTER_ADD = """
@@ -146,43 +178,60 @@ class RedisState:
 
     def __init__(self, url: str, timeout: float) -> None:
         self._url = url
-        # redis-py sets timeouts per connection: each call is bounded by state.timeout
-        # (the host starts none past the phase's deadline).
-        self._redis = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-        self._counter_add = self._redis.register_script(_COUNTER_ADD)
+        self._timeout = timeout
+        # Made on first use, on the event loop that uses it: asyncio connections belong to one loop.
+        self._client: redis.asyncio.Redis | None = None
+        self._counter_add: AsyncScript | None = None
 
     def check(self) -> None:
         """Raises ``ConfigError`` if the server cannot be reached: at start, not at the first request."""
         try:
-            self._redis.ping()
+            with redis.Redis.from_url(self._url, socket_connect_timeout=self._timeout) as probe:
+                probe.ping()
         except redis.RedisError as error:
             raise ConfigError("config", [f"state.url: cannot reach Redis at {self._url}: {error}"]) from None
 
-    @contextlib.contextmanager
-    def _call(self) -> Iterator[None]:
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _redis(self) -> redis.asyncio.Redis:
+        if self._client is None:
+            self._client = redis.asyncio.Redis.from_url(
+                self._url,
+                socket_connect_timeout=self._timeout,
+                socket_timeout=self._timeout,
+                driver_info=None,  # a new connection is one TCP connect, not two more round trips (CLIENT SETINFO)
+            )
+            self._counter_add = self._client.register_script(_COUNTER_ADD)
+        return self._client
+
+    @contextlib.asynccontextmanager
+    async def _call(self) -> AsyncIterator[redis.asyncio.Redis]:
         try:
-            yield
+            yield self._redis()
         except redis.RedisError as error:
             raise StateUnavailable(f"redis state ({self._url}): {error}") from None
 
-    def counter_add(self, key: bytes, delta: int, window_ms: int, limit: int | None, timeout: float) -> Counter:
-        with self._call():
-            value, ttl, applied = self._counter_add(
-                keys=[b"c:" + key], args=[delta, window_ms, "" if limit is None else limit]
-            )
+    async def counter_add(self, key: bytes, delta: int, window_ms: int, limit: int | None, timeout: float) -> Counter:
+        async with self._call():
+            assert self._counter_add is not None, "registered with the client"
+            args = [delta, window_ms, "" if limit is None else limit]
+            value, ttl, applied = await self._counter_add(keys=[b"c:" + key], args=args)
         return Counter(int(value), int(ttl), bool(applied))
 
-    def kv_get(self, key: bytes, timeout: float) -> bytes | None:
-        with self._call():
-            return self._redis.get(b"k:" + key)
+    async def kv_get(self, key: bytes, timeout: float) -> bytes | None:
+        async with self._call() as client:
+            return cast("bytes | None", await client.get(b"k:" + key))  # responses are not decoded
 
-    def kv_set(self, key: bytes, value: bytes, ttl_ms: int, timeout: float) -> None:
-        with self._call():
-            self._redis.set(b"k:" + key, value, px=ttl_ms or None)
+    async def kv_set(self, key: bytes, value: bytes, ttl_ms: int, timeout: float) -> None:
+        async with self._call() as client:
+            await client.set(b"k:" + key, value, px=ttl_ms or None)
 
-    def kv_delete(self, key: bytes, timeout: float) -> None:
-        with self._call():
-            self._redis.delete(b"k:" + key)
+    async def kv_delete(self, key: bytes, timeout: float) -> None:
+        async with self._call() as client:
+            await client.delete(b"k:" + key)
 
 
 def open_state(config: StateConfig) -> State:

@@ -309,12 +309,12 @@ fn send_response(caller: Ctx, status: u32, hp: u32, hn: u32, bp: u32, bl: u32) -
 }
 
 /// Why `url` cannot be an upstream, if it cannot.
-fn upstream_problem(url: &str) -> Result<Url, String> {
+fn upstream_problem(url: &str) -> Result<(), String> {
     let parsed = Url::parse(url).map_err(|error| format!("{} is not a URL: {error}", quoted(url)))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("{} is not an absolute http or https URL", quoted(url)));
     }
-    Ok(parsed)
+    Ok(())
 }
 
 async fn set_upstream(caller: Ctx<'_, '_>, ptr: u32, len: u32, retptr: u32) -> Done {
@@ -329,11 +329,12 @@ async fn set_upstream(caller: Ctx<'_, '_>, ptr: u32, len: u32, retptr: u32) -> D
     let outcome = if len > MAX_UPSTREAM_BYTES {
         Err(format!("an upstream URL of {len} bytes is longer than {MAX_UPSTREAM_BYTES}"))
     } else {
-        upstream_problem(text(memory(caller), ptr, len, "set-upstream's url")?)
+        let url = text(memory(caller), ptr, len, "set-upstream's url")?;
+        upstream_problem(url).map(|()| url.to_owned())
     };
     let area = match outcome {
         Ok(url) => {
-            exchange.lock().upstream = url.into();
+            exchange.lock().upstream = url;
             vec![0]
         }
         Err(problem) => {

@@ -26,7 +26,6 @@ import re
 import tempfile
 import threading
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,38 +33,16 @@ import oras.container
 import oras.provider
 import requests
 
+from ..config.references import Reference, parse_reference
+
 WASM_CONFIG = "application/vnd.wasm.config.v0+json"
 WASM_LAYER = "application/wasm"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MAX_MODULE_BYTES = 256 * 2**20
-_REFERENCE = re.compile(
-    r"oci://(?P<name>[^@:\s]+(?::\d+)?/[^@:\s]+)(?::(?P<tag>[\w][\w.-]{0,127})|@(?P<digest>sha256:[0-9a-f]{64}))?"
-)
 
 
 class OciError(Exception):
     """A module could not be had from a registry, and why."""
-
-
-@dataclass(frozen=True)
-class Reference:
-    registry: str
-    repository: str
-    tag: str | None
-    digest: str | None
-
-    @property
-    def target(self) -> str:
-        """As oras writes it: ``REGISTRY/REPO:TAG`` or ``REGISTRY/REPO@DIGEST``."""
-        return f"{self.registry}/{self.repository}" + (f"@{self.digest}" if self.digest else f":{self.tag}")
-
-
-def parse_reference(reference: str) -> Reference:
-    match = _REFERENCE.fullmatch(reference)
-    if match is None:
-        raise ValueError(f"{reference!r} is not an OCI reference; write oci://REGISTRY/REPO:TAG or @sha256:DIGEST")
-    registry, _, repository = match["name"].partition("/")
-    return Reference(registry, repository, match["tag"] or (None if match["digest"] else "latest"), match["digest"])
 
 
 class _Registry(oras.provider.Registry):

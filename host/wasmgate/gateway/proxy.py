@@ -18,19 +18,17 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from . import logs
+from .. import logs
+from ..config import UpstreamConfig
+from ..metrics import REQUESTS
+from ..runtime import Runtime
 from .chain import BodySource, ChainRun, StreamAborted
-from .config import UpstreamConfig
-from .engine import Runtime
-from .exchange import MANAGED, Exchange, LocalResponse, RequestFacts
-from .executor import GuestPool
-from .metrics import REQUESTS
+from .exchange import MANAGED_HEADERS, Exchange, LocalResponse, RequestFacts, new_exchange
 from .routing import Route, match, upstream_url
 from .subrequests import DEPTH_HEADER, CallClient
 
 SMALL_BODY = 64 * 1024
-"""Bodies known to be at most this are read whole: the chain then needs one
-thread hop per direction instead of one per chunk."""
+"""Bodies known to be at most this are read whole: each body hook then runs once per direction."""
 
 
 def new_request_id() -> str:
@@ -39,12 +37,9 @@ def new_request_id() -> str:
 
 
 class Gateway:
-    def __init__(
-        self, routes: Sequence[Route], runtime: Runtime, pool: GuestPool, upstream: UpstreamConfig, max_depth: int
-    ) -> None:
+    def __init__(self, routes: Sequence[Route], runtime: Runtime, upstream: UpstreamConfig, max_depth: int) -> None:
         self.routes = routes
         self.runtime = runtime
-        self.pool = pool
         self.calls = CallClient()
         self._upstream = upstream
         self.max_depth = max_depth
@@ -79,8 +74,9 @@ class Gateway:
         facts = RequestFacts(
             request.method, request.path, request.query_string, request_id, route.name, route.tenant, client
         )
-        exchange = Exchange(facts, _forwardable(request, request_id, client), route.upstream, depth)
-        run = ChainRun(route.chain, exchange, self.runtime, self.pool, self.calls)
+        headers = _forwardable(request, request_id, client)
+        exchange = new_exchange(facts, headers, route.upstream, len(route.chain.processors))
+        run = ChainRun(route.chain, facts, exchange, self.runtime, self.calls, depth)
         response: web.StreamResponse | None = None
         try:
             response = await self._proxy(request, route, run)
@@ -100,25 +96,28 @@ class Gateway:
             return await _answer(request, run, await run.respond_locally(forwarded))
 
         headers = _upstream_headers(exchange, request, untouched=not route.chain.hooks_request_body)
+        upstream_base = exchange.upstream
         if route.chain.hooks_response_body:
             headers["Accept-Encoding"] = "identity"  # processors read bodies as sent, not compressed
+        assert self._session is not None, "the gateway serves once started"
         sent = time.perf_counter()
         try:
             upstream = await self._session.request(
                 request.method,
-                upstream_url(exchange.upstream, request.raw_path),
+                upstream_url(upstream_base, request.raw_path),
                 headers=headers,
                 data=forwarded if forwarded else None,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=route.timeout, connect=self._upstream.connect_timeout),
             )
         except StreamAborted:
+            assert run.interrupt is not None, "a request body stream stops only for a local response"
             return await _answer(request, run, await run.respond_locally(run.interrupt))
         except TimeoutError:
-            error = _gateway_error(504, "upstream_timeout", f"{exchange.upstream} did not answer in time")
+            error = _gateway_error(504, "upstream_timeout", f"{upstream_base} did not answer in time")
             return await _answer(request, run, await run.respond_locally(error))
         except aiohttp.ClientError as failure:
-            error = _gateway_error(502, "upstream_unavailable", f"{exchange.upstream}: {failure}")
+            error = _gateway_error(502, "upstream_unavailable", f"{upstream_base}: {failure}")
             return await _answer(request, run, await run.respond_locally(error))
         route.metrics.upstream_seconds.observe(time.perf_counter() - sent)
 
@@ -169,10 +168,10 @@ async def _chunks(reader: aiohttp.StreamReader) -> BodySource:
 # -- headers -----------------------------------------------------------------------
 
 
-def _connection_scoped(headers: CIMultiDictProxy[str]) -> set[str]:
+def _connection_scoped(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     """Hop-by-hop names, including those the message lists in its Connection header."""
     listed = {name.strip().lower() for value in headers.getall("connection", ()) for name in value.split(",")}
-    return MANAGED | listed
+    return MANAGED_HEADERS | listed
 
 
 def _forwardable(request: web.Request, request_id: str, client: str) -> CIMultiDict[str]:
@@ -189,7 +188,7 @@ def _forwardable(request: web.Request, request_id: str, client: str) -> CIMultiD
 
 
 def _upstream_headers(exchange: Exchange, request: web.Request, untouched: bool) -> CIMultiDict[str]:
-    headers = exchange.request_headers.copy()
+    headers = CIMultiDict(exchange.request_headers())
     headers.popall("Host", None)  # the upstream's own host, set from its URL
     if untouched and request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)  # keep the client's framing when unchanged
@@ -208,8 +207,8 @@ async def _answer(
     request: web.Request, run: ChainRun, body: bytes | AsyncIterator[bytes], length: int | None = None
 ) -> web.StreamResponse:
     exchange = run.exchange
-    headers = exchange.response_headers.copy()
-    headers["X-Request-Id"] = exchange.facts.request_id
+    headers = CIMultiDict(exchange.response_headers() or ())
+    headers["X-Request-Id"] = run.facts.request_id
     if isinstance(body, bytes):
         return web.Response(status=exchange.response_status, headers=headers, body=body)
     response = web.StreamResponse(status=exchange.response_status, headers=headers)
@@ -222,7 +221,7 @@ async def _answer(
     except (StreamAborted, aiohttp.ClientError, TimeoutError) as failure:
         # The status line is gone: all that is left is to cut the connection.
         logging.getLogger("wasmgate.proxy").warning(
-            "request %s: response cut mid-stream: %s", exchange.facts.request_id, failure
+            "request %s: response cut mid-stream: %s", run.facts.request_id, failure
         )
         if request.transport is not None:
             request.transport.close()

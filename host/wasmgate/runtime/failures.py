@@ -1,7 +1,9 @@
 """Why a processor failed: one precise cause per failure.
 
-A failure ends the processor's sandbox (its instance is discarded) and the
-request follows the processor's failure mode; the gateway itself goes on.
+The core decides the cause (by a trap's code, or by the failure a host call
+or the memory limiter returned), never by a message's text. A failure ends
+the processor's sandbox (its instance is discarded) and the request follows
+the processor's failure mode; the gateway itself goes on.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class Cause(enum.StrEnum):
     """No sandbox could be had: every instance slot of the engine is in use."""
     STATE_UNAVAILABLE = "state_unavailable"
     """The shared state's backend failed or did not answer in time."""
+    HOST_ERROR = "host_error"
+    """The host itself failed serving the processor (a bug in wasmgate): the processor's
+    request fails by its failure mode, the gateway goes on."""
 
 
 class ProcessorFailure(Exception):
@@ -45,8 +50,3 @@ class ProcessorFailure(Exception):
     def __str__(self) -> str:
         where = f"processor {self.processor!r} in {self.phase}: " if self.processor else ""
         return f"{where}{self.cause.value}: {self.detail}"
-
-
-class AbiViolation(ProcessorFailure):
-    def __init__(self, detail: str) -> None:
-        super().__init__(Cause.ABI_VIOLATION, detail)

@@ -18,27 +18,21 @@ requests, or once its memory has grown past ``pool.max_memory``.
 from __future__ import annotations
 
 import collections
-import threading
-from typing import TYPE_CHECKING
 
-from .config import PoolConfig
-
-if TYPE_CHECKING:
-    from .sandbox import Sandbox
+from ..config import PoolConfig
+from ..runtime import Sandbox
 
 
 class SandboxPool:
-    """The idle, initialized sandboxes of one pooled processor. Thread-safe."""
+    """The idle, initialized sandboxes of one pooled processor, for the requests of one event loop."""
 
     def __init__(self, config: PoolConfig) -> None:
         self._config = config
         self._idle: collections.deque[Sandbox] = collections.deque()
-        self._lock = threading.Lock()
 
     def take(self) -> Sandbox | None:
         """An idle sandbox, or None when every one is busy (the caller starts another)."""
-        with self._lock:
-            return self._idle.pop() if self._idle else None  # the most recently used: its memory is warm
+        return self._idle.pop() if self._idle else None  # the most recently used: its memory is warm
 
     def give_back(self, sandbox: Sandbox) -> bool:
         """Keeps ``sandbox`` for a later request; False when it must be discarded instead."""
@@ -46,11 +40,10 @@ class SandboxPool:
         limit = self._config.max_memory
         if not sandbox.alive or sandbox.requests_served >= self._config.max_requests:
             return False
-        if limit is not None and sandbox.memory_size() > limit:
+        if limit is not None and sandbox.memory_size > limit:
             return False
-        sandbox.end_request()
-        with self._lock:
-            if len(self._idle) >= self._config.size:
-                return False
-            self._idle.append(sandbox)
+        if len(self._idle) >= self._config.size:
+            return False
+        sandbox.unbind()
+        self._idle.append(sandbox)
         return True

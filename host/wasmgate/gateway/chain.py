@@ -17,42 +17,33 @@ body hook of that direction sees it as one chunk; while the request body
 is read the upstream request is held, so request headers and the upstream
 can still change. Otherwise body hooks see each chunk as it passes.
 
-Guest code runs on the guest pool, one hop per phase for the whole chain
-and none for a phase no processor on the route takes part in.
-A phase is a generator: when a hook returns ``pause`` it yields that
-processor's sandbox, the driver (``_drive``) performs its calls on the event
-loop (no thread waits), and the phase goes on with ``on-resume`` on a guest
-thread. A failure while waiting (the phase's deadline) is thrown into the
-phase at the paused hook, where the processor's failure mode applies.
+Guest code runs on the event loop, as coroutines (see ``runtime``). When a
+hook returns ``pause``, its processor's calls run here, and the phase goes
+on with ``on-resume``; a failure meanwhile (the phase's deadline) fails
+the paused hook, where the processor's failure mode applies.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Generator, Iterable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from multidict import CIMultiDict
 
-from .abi import Action, Hook
-from .config import FailureMode
-from .engine import Runtime
-from .exchange import Exchange, LocalResponse
-from .executor import GuestPool
-from .failures import AbiViolation, Cause, ProcessorFailure
+from ..config import FailureMode
+from ..runtime import Action, Cause, Exchange, Hook, ProcessorFailure, Runtime, Sandbox, Snapshot
+from .exchange import LocalResponse, RequestFacts
 from .processors import Processor
-from .sandbox import Sandbox
-from .subrequests import CallClient, CallLedger
+from .subrequests import CallClient, Caller
 
 log = logging.getLogger("wasmgate.chain")
 
 T = TypeVar("T")
-Steps = Generator["Sandbox", None, T]
-"""A phase run on guest threads: it yields a sandbox whose calls must finish before it goes on."""
 BodySource = AsyncIterator[tuple[bytes, bool]]
 """A body as it arrives: chunks, each with whether it is the last."""
 
@@ -88,23 +79,30 @@ class Outcome:
 class ChainRun:
     """Drives one request through a chain; the proxy is a thin adapter over it."""
 
-    def __init__(self, chain: Chain, exchange: Exchange, runtime: Runtime, pool: GuestPool, client: CallClient) -> None:
+    def __init__(
+        self,
+        chain: Chain,
+        facts: RequestFacts,
+        exchange: Exchange,
+        runtime: Runtime,
+        client: CallClient,
+        depth: int = 0,
+    ) -> None:
+        """``depth``: how many gateways' sub-requests led to this request."""
         self.chain = chain
+        self.facts = facts
         self.exchange = exchange
         self.runtime = runtime
-        self.pool = pool
         self.client = client
+        self.depth = depth
         self.outcomes = {p.name: Outcome() for p in chain.processors}
         self.interrupt: LocalResponse | None = None
         """Set when a streamed request body was stopped by a local response."""
         count = len(chain.processors)
         self._sandboxes: list[Sandbox | None] = [None] * count
-        self._checkpoints: list[bytes | None] = [None] * count
-        self._ledgers: list[CallLedger | None] = [None] * count
         self._dropped = [False] * count
         self._span = count  # processors [0, span) take part in the response path
         self._reached = count  # processors [0, reached) saw the request: they get the done hook
-        self._in_flight: asyncio.Future[Any] | None = None
         self._done = False
 
     # -- the proxy's calls ---------------------------------------------------
@@ -112,19 +110,22 @@ class ChainRun:
     async def process_request(self, body: bytes | BodySource) -> LocalResponse | bytes | AsyncIterator[bytes]:
         """Runs the request phases; returns a local response or the body to send upstream.
 
-        ``body`` is the whole body when the proxy already has it (one hop
-        for every request hook), or a source to stream from.
+        ``body`` is the whole body when the proxy already has it, or a source to stream from.
         """
         if not isinstance(body, bytes) and self.chain.buffers_request:
-            body = await _read_all(body, self.chain.buffers_request)
-            if body is None:
+            whole = await _read_all(body, self.chain.buffers_request)
+            if whole is None:
                 return _too_large("request_too_large", 413, self.chain.buffers_request)
+            body = whole
         if isinstance(body, bytes):
-            out, local = await self._run(REQUEST_PATH, self._whole_request(body), (body, None))
+            whole_body = body
+            untouched: tuple[bytes, LocalResponse | None] = (body, None)
+            out, local = await self._run(REQUEST_PATH, lambda: self._whole_request(whole_body), untouched)
             self.exchange.request_sent = local is None
             return local or out
-        phase = self._headers(Hook.REQUEST_HEADERS, self._request_order(), False)
-        local = await self._run(REQUEST_HEADERS, phase, None)
+        local = await self._run(
+            REQUEST_HEADERS, lambda: self._headers(Hook.REQUEST_HEADERS, self._request_order(), False), None
+        )
         if local is not None:
             return local
         self.exchange.request_sent = True
@@ -136,17 +137,20 @@ class ChainRun:
         self, status: int, headers: CIMultiDict[str], body: bytes | BodySource
     ) -> bytes | AsyncIterator[bytes]:
         """Runs the response phases; the final status and headers are on ``exchange``."""
-        self.exchange.set_response(status, headers)
+        self.exchange.set_response(status, headers.items())
         if not isinstance(body, bytes) and self.chain.buffers_response:
-            body = await _read_all(body, self.chain.buffers_response)
-            if body is None:
+            whole = await _read_all(body, self.chain.buffers_response)
+            if whole is None:
                 return await self.respond_locally(
                     _too_large("upstream_response_too_large", 502, self.chain.buffers_response)
                 )
+            body = whole
         if isinstance(body, bytes):
-            return await self._run(RESPONSE_PATH, self._whole_response(body, True), body)
-        phase = self._headers(Hook.RESPONSE_HEADERS, self._response_order(), False)
-        local = await self._run(RESPONSE_HEADERS, phase, None)
+            whole_body = body
+            return await self._run(RESPONSE_PATH, lambda: self._whole_response(whole_body), body)
+        local = await self._run(
+            RESPONSE_HEADERS, lambda: self._headers(Hook.RESPONSE_HEADERS, self._response_order(), False), None
+        )
         if local is not None:
             return await self.respond_locally(local)
         self.exchange.response_sent = True
@@ -157,48 +161,52 @@ class ChainRun:
     async def respond_locally(self, response: LocalResponse) -> bytes:
         """Runs the response path on a response the gateway made itself."""
         self._replace(response)
-        return await self._run(RESPONSE_PATH, self._whole_response(response.body, True), response.body)
+        return await self._run(RESPONSE_PATH, lambda: self._whole_response(response.body), response.body)
 
     async def finish(self) -> None:
         """Runs the done hooks if the response path has not, then frees every sandbox."""
-        if self._in_flight is not None and not self._in_flight.done():
-            with contextlib.suppress(BaseException):  # its outcome was already handled or abandoned
-                await self._in_flight
         if not self._done and any(p.wants(Hook.DONE) for p in self.chain.processors):
-            with contextlib.suppress(BaseException):
-                await self._drive(self._run_done())
+            try:
+                await self._run_done()
+            except Exception:  # each failure was handled and logged by its processor's failure mode
+                log.debug("done hooks of request %s stopped", self.facts.request_id, exc_info=True)
         self._close()
 
-    # -- whole bodies (one hop) ----------------------------------------------
+    async def _run(self, hooks: frozenset[Hook], phase: Callable[[], Awaitable[T]], untouched: T) -> T:
+        """Runs a phase; when no processor takes any of ``hooks``, returns ``untouched`` at once."""
+        if self.chain.hooks.isdisjoint(hooks):
+            return untouched
+        return await phase()
 
-    def _whole_request(self, body: bytes) -> Steps[tuple[bytes, LocalResponse | None]]:
+    # -- whole bodies ------------------------------------------------------------
+
+    async def _whole_request(self, body: bytes) -> tuple[bytes, LocalResponse | None]:
         order = self._request_order()
-        local = yield from self._headers(Hook.REQUEST_HEADERS, order, not body)
+        local = await self._headers(Hook.REQUEST_HEADERS, order, not body)
         if local is not None or not body:
             return body, local
-        return (yield from self._body(Hook.REQUEST_BODY, order, body, True))
+        return await self._body(Hook.REQUEST_BODY, order, body, True)
 
-    def _whole_response(self, body: bytes, finish: bool) -> Steps[bytes]:
+    async def _whole_response(self, body: bytes) -> bytes:
         """Response phases over a whole body; a local response restarts them below its maker."""
         while True:
             order = self._response_order()
-            local = yield from self._headers(Hook.RESPONSE_HEADERS, order, not body)
+            local = await self._headers(Hook.RESPONSE_HEADERS, order, not body)
             if local is None and body:
-                body, local = yield from self._body(Hook.RESPONSE_BODY, order, body, True)
+                body, local = await self._body(Hook.RESPONSE_BODY, order, body, True)
             if local is None:
                 break
             self._replace(local)
             body = local.body
-        if finish:
-            yield from self._run_done()
+        await self._run_done()
         return body
 
-    # -- streamed bodies (one hop per chunk) ---------------------------------
+    # -- streamed bodies (hooks per chunk) -----------------------------------------
 
     async def _stream_request(self, source: BodySource) -> AsyncIterator[bytes]:
         order = self._request_order()
         async for chunk, end in source:
-            out, local = await self._drive(self._body(Hook.REQUEST_BODY, order, chunk, end))
+            out, local = await self._body(Hook.REQUEST_BODY, order, chunk, end)
             if local is not None:
                 # Breaking the upstream request off: a truncated body must not look complete.
                 self.interrupt = local
@@ -209,13 +217,13 @@ class ChainRun:
     async def _stream_response(self, source: BodySource) -> AsyncIterator[bytes]:
         order = self._response_order()
         async for chunk, end in source:
-            out, local = await self._drive(self._body(Hook.RESPONSE_BODY, order, chunk, end))
+            out, local = await self._body(Hook.RESPONSE_BODY, order, chunk, end)
             if local is not None:
                 raise StreamAborted("a response body hook failed after the response started")
             if out:
                 yield out
 
-    # -- phases (on guest threads) -------------------------------------------
+    # -- phases ---------------------------------------------------------------------
 
     def _request_order(self) -> range:
         return range(len(self.chain.processors))
@@ -223,30 +231,31 @@ class ChainRun:
     def _response_order(self) -> Iterable[int]:
         return range(self._span - 1, -1, -1)
 
-    def _headers(self, hook: Hook, order: Iterable[int], end_of_stream: bool) -> Steps[LocalResponse | None]:
+    async def _headers(self, hook: Hook, order: Iterable[int], end_of_stream: bool) -> LocalResponse | None:
         for i in order:
             if self._wants(i, hook):
-                _, local = yield from self._call(i, hook, None, end_of_stream)
+                _, local = await self._call(i, hook, None, end_of_stream)
                 if local is not None:
                     return self._answered(i, hook, local)
         return None
 
-    def _body(
+    async def _body(
         self, hook: Hook, order: Iterable[int], chunk: bytes, end: bool
-    ) -> Steps[tuple[bytes, LocalResponse | None]]:
+    ) -> tuple[bytes, LocalResponse | None]:
         for i in order:
             if not self._wants(i, hook):
                 continue
             processor = self.chain.processors[i]
             if processor.buffers and len(chunk) > processor.max_body_bytes:
                 if hook is Hook.REQUEST_BODY:
-                    local = _too_large("request_too_large", 413, processor.max_body_bytes)
+                    refused = _too_large("request_too_large", 413, processor.max_body_bytes)
                 else:
-                    local = _too_large("upstream_response_too_large", 502, processor.max_body_bytes)
-                return b"", self._answered(i, hook, local)
-            chunk, local = yield from self._call(i, hook, chunk, end)
+                    refused = _too_large("upstream_response_too_large", 502, processor.max_body_bytes)
+                return b"", self._answered(i, hook, refused)
+            out, local = await self._call(i, hook, chunk, end)
             if local is not None:
                 return b"", self._answered(i, hook, local)
+            chunk = out if out is not None else chunk
         return chunk, None
 
     def _answered(self, i: int, hook: Hook, local: LocalResponse) -> LocalResponse:
@@ -256,21 +265,21 @@ class ChainRun:
             self._reached = i + 1
         return local
 
-    def _run_done(self) -> Steps[None]:
+    async def _run_done(self) -> None:
         self._done = True
         for i in range(self._reached - 1, -1, -1):
             if self._wants(i, Hook.DONE):
-                yield from self._call(i, Hook.DONE, None, True)
+                await self._call(i, Hook.DONE, None, True)
         self._close()
 
     def _wants(self, i: int, hook: Hook) -> bool:
         return not self._dropped[i] and self.chain.processors[i].wants(hook)
 
-    # -- one hook, under the processor's failure mode ------------------------
+    # -- one hook, under the processor's failure mode --------------------------------
 
-    def _call(
+    async def _call(
         self, i: int, hook: Hook, body: bytes | None, end: bool
-    ) -> Steps[tuple[bytes | None, LocalResponse | None]]:
+    ) -> tuple[bytes | None, LocalResponse | None]:
         """Runs hook ``hook`` of processor ``i``, pauses included: the body to pass on, or a local response."""
         processor = self.chain.processors[i]
         metrics = processor.metrics.hooks[hook]
@@ -278,84 +287,102 @@ class ChainRun:
         retries = 0 if hook is Hook.DONE else processor.phase_retries
         undoable = processor.failure_mode is FailureMode.FAIL_OPEN or retries
         saved = self.exchange.snapshot() if undoable else None
-        calls_before = self._ledger(i).mark()
+        calls_before = self.exchange.mark_calls(i) if retries else 0
+        outcome = self.outcomes[processor.name]
         started = perf_counter()
         try:
             for retries_left in range(retries, -1, -1):
                 try:
-                    sandbox, local = yield from self._attempt(i, hook, body, end)
+                    sandbox, local = await self._attempt(i, hook, body, end)
                     break
                 except ProcessorFailure as failure:
                     failure.locate(processor.name, hook.phase)
                     if not retries_left or failure.cause not in RETRIED_CAUSES:
                         return self._failed(i, hook, failure, saved, body)
                     self._retry(i, hook, failure, saved)
-                    self._ledger(i).rewind(calls_before)
+                    self.exchange.rewind_calls(i, calls_before)
+        except asyncio.CancelledError:
+            self._discard(i)  # stopped mid-call: the instance is in no state to serve on
+            self._dropped[i] = True
+            raise
         finally:
             elapsed = perf_counter() - started
             metrics.seconds.observe(elapsed)
-            self.outcomes[processor.name].seconds += elapsed
+            outcome.seconds += elapsed
         if local is not None:
             metrics.responded.inc()
-            self.outcomes[processor.name].result = "respond"
+            outcome.result = "respond"
             return None, local
         metrics.continued.inc()
-        if self.outcomes[processor.name].result == "skipped":
-            self.outcomes[processor.name].result = "continue"
-        return (body if sandbox.replaced_body is None else sandbox.replaced_body), None
+        if outcome.result == "skipped":
+            outcome.result = "continue"
+        return (sandbox.take_body() if hook.takes_body else None), None
 
-    def _attempt(
-        self, i: int, hook: Hook, body: bytes | None, end: bool
-    ) -> Steps[tuple[Sandbox, LocalResponse | None]]:
+    async def _attempt(self, i: int, hook: Hook, body: bytes | None, end: bool) -> tuple[Sandbox, LocalResponse | None]:
         """One try of a hook, pauses included; raises ``ProcessorFailure``."""
         processor = self.chain.processors[i]
-        sandbox = self._sandbox(i)
+        sandbox = self._sandboxes[i] or await self._start(i)
         if processor.buffers and body is not None and len(body) > processor.memory_limit:
             raise ProcessorFailure(
                 Cause.MEMORY_LIMIT, f"a {len(body)}-byte body is over its {processor.memory_limit}-byte quota"
             )
-        action = sandbox.run(hook, self.exchange, body, end)
+        action = await sandbox.run(hook, body, end)
         while action == Action.PAUSE:
-            if not sandbox.calls.started:
-                raise AbiViolation("the hook returned pause with nothing to wait for")
-            yield sandbox  # its calls run on the event loop; a failure meanwhile is thrown in here
-            action = sandbox.resume(hook)
-        return sandbox, None if hook is Hook.DONE else _judge(sandbox, action)
+            await self._perform_calls(i, sandbox)
+            action = await sandbox.resume(hook)
+        if action == Action.RESPOND:
+            response = sandbox.take_response()
+            assert response is not None, "the core lets a hook respond only after send-response"
+            return sandbox, LocalResponse(*response)
+        return sandbox, None
 
-    def _retry(self, i: int, hook: Hook, failure: ProcessorFailure, saved: Any) -> None:
-        """Undoes a failed try of a phase; the next try gets a fresh instance and the checkpoint."""
+    async def _perform_calls(self, i: int, sandbox: Sandbox) -> None:
+        """Runs the calls a paused processor waits on; raises the failure to fail its phase with."""
+        processor = self.chain.processors[i]
+        caller = Caller(
+            self.exchange,
+            i,
+            processor.name,
+            self.facts.request_id,
+            processor.subrequests,
+            processor.metrics.subrequests,
+        )
+        deadline = time.monotonic() + sandbox.remaining
+        await self.client.perform(caller, self.depth + 1, deadline, sandbox.quota_left)
+        sandbox.check_held()
+
+    def _retry(self, i: int, hook: Hook, failure: ProcessorFailure, saved: Snapshot | None) -> None:
+        """Undoes a failed try of a phase; the next try gets a fresh instance (the core keeps the checkpoint)."""
         processor = self.chain.processors[i]
         processor.metrics.hooks[hook].retried.inc()
         log.warning(
             "%s (request %s, trying the phase again)",
             failure,
-            self.exchange.facts.request_id,
+            self.facts.request_id,
             extra={"processor": processor.name, "cause": failure.cause.value},
         )
         self._discard(i)
-        self.exchange.restore(saved)
+        if saved is not None:
+            self.exchange.restore(saved)
 
-    def _sandbox(self, i: int) -> Sandbox:
-        """The processor's sandbox for this request, started on first use."""
-        sandbox = self._sandboxes[i]
-        if sandbox is None:
-            processor = self.chain.processors[i]
-            sandbox = processor.pool.take() if processor.pool is not None else None
-            started = sandbox is None
-            try:
-                if started:
-                    sandbox = Sandbox(self.runtime, processor)
-                sandbox.checkpoint = self._checkpoints[i]
-                sandbox.calls = self._ledger(i)
-                if started:  # a pooled instance was initialized once, when it started
-                    sandbox.init(processor.config_json)
-            except ProcessorFailure as failure:
-                raise failure.locate(processor.name, Hook.INIT.phase) from None
-            self._sandboxes[i] = sandbox
+    async def _start(self, i: int) -> Sandbox:
+        """The processor's sandbox for this request: a pooled one, or a new one started for it."""
+        processor = self.chain.processors[i]
+        sandbox = processor.pool.take() if processor.pool is not None else None
+        try:
+            if sandbox is None:
+                sandbox = processor.sandbox(self.runtime)
+                sandbox.bind(self.exchange, i, self.facts.request_id)
+                await sandbox.start()  # a pooled instance was started once, when it was made
+            else:
+                sandbox.bind(self.exchange, i, self.facts.request_id)
+        except ProcessorFailure as failure:
+            raise failure.locate(processor.name, Hook.INIT.phase) from None
+        self._sandboxes[i] = sandbox
         return sandbox
 
     def _failed(
-        self, i: int, hook: Hook, failure: ProcessorFailure, saved: Any, body: bytes | None
+        self, i: int, hook: Hook, failure: ProcessorFailure, saved: Snapshot | None, body: bytes | None
     ) -> tuple[bytes | None, LocalResponse | None]:
         processor = self.chain.processors[i]
         processor.metrics.hooks[Hook[failure.phase.upper()]].error(failure.cause)
@@ -366,7 +393,7 @@ class ChainRun:
         log.warning(
             "%s (request %s, %s)",
             failure,
-            self.exchange.facts.request_id,
+            self.facts.request_id,
             mode.value,
             extra={"processor": processor.name, "cause": failure.cause.value},
         )
@@ -389,58 +416,15 @@ class ChainRun:
 
     # -- helpers -------------------------------------------------------------
 
-    def _ledger(self, i: int) -> CallLedger:
-        """Processor ``i``'s calls in this request, numbered across its instances."""
-        ledger = self._ledgers[i]
-        if ledger is None:
-            processor, request_id = self.chain.processors[i], self.exchange.facts.request_id
-            ledger = CallLedger(processor.subrequests, processor.metrics.subrequests, processor.name, request_id)
-            self._ledgers[i] = ledger
-        return ledger
-
     def _discard(self, i: int) -> None:
-        """Frees processor ``i``'s sandbox after a failure, keeping its checkpoint for a later one."""
+        """Frees processor ``i``'s sandbox after a failure; the core keeps its checkpoint and calls."""
         sandbox = self._sandboxes[i]
         if sandbox is not None:
-            self._checkpoints[i] = sandbox.checkpoint
             sandbox.close()
             self._sandboxes[i] = None
 
     def _replace(self, response: LocalResponse) -> None:
-        self.exchange.set_response(response.status, CIMultiDict(response.headers))
-
-    async def _run(self, hooks: frozenset[Hook], steps: Steps[T], untouched: T) -> T:
-        """Drives ``steps``; when no processor takes any of ``hooks``, returns ``untouched`` with no hop."""
-        if self.chain.hooks.isdisjoint(hooks):
-            steps.close()
-            return untouched
-        return await self._drive(steps)
-
-    async def _drive(self, steps: Steps[T]) -> T:
-        """Runs a phase on guest threads; while a processor waits on its calls, they run here."""
-        failure: ProcessorFailure | None = None
-        while True:
-            # Shielded: if the request is cancelled, the guest thread still finishes
-            # with this run's sandboxes before finish() may free them.
-            self._in_flight = self.pool.run(_advance, steps, failure)
-            finished, value = await asyncio.shield(self._in_flight)
-            if finished:
-                return value
-            failure = await self._perform_calls(value)
-
-    async def _perform_calls(self, sandbox: Sandbox) -> ProcessorFailure | None:
-        """Runs the calls a paused processor waits on; the failure to throw into its phase, if any."""
-        started = len(sandbox.calls.started)
-        if not await self.client.perform(sandbox.calls, self.exchange.depth + 1, sandbox.phase_deadline):
-            return ProcessorFailure(
-                Cause.TIMEOUT,
-                f"the phase's deadline passed with {started} sub-request(s) started; unfinished ones were cancelled",
-            )
-        try:
-            sandbox.check_held_bytes()
-        except ProcessorFailure as failure:
-            return failure
-        return None
+        self.exchange.set_response(response.status, response.headers)
 
     def _close(self) -> None:
         """The request is over: its sandboxes go back to their pools, or are discarded."""
@@ -457,31 +441,10 @@ REQUEST_HEADERS = frozenset({Hook.REQUEST_HEADERS})
 RESPONSE_HEADERS = frozenset({Hook.RESPONSE_HEADERS})
 REQUEST_PATH = frozenset({Hook.REQUEST_HEADERS, Hook.REQUEST_BODY})
 RESPONSE_PATH = frozenset({Hook.RESPONSE_HEADERS, Hook.RESPONSE_BODY, Hook.DONE})
-"""The hooks of each phase group, for skipping a hop nobody needs (``ChainRun._run``)."""
+"""The hooks of each phase group, for skipping a phase nobody takes part in (``ChainRun._run``)."""
 
 RETRIED_CAUSES = frozenset({Cause.TRAP, Cause.TIMEOUT, Cause.MEMORY_LIMIT})
 """Failures a fresh instance may not repeat; a refused config or a broken ABI it would."""
-
-
-def _judge(sandbox: Sandbox, action: int) -> LocalResponse | None:
-    """What a hook's returned action means, or the ABI rule it broke."""
-    if action == Action.CONTINUE:
-        if sandbox.local_response is not None:
-            raise AbiViolation("the hook called send-response but returned continue")
-        return None
-    if action == Action.RESPOND:
-        if sandbox.local_response is None:
-            raise AbiViolation("the hook returned respond without calling send-response")
-        return sandbox.local_response
-    raise AbiViolation(f"the hook returned {action}, which is not an action")
-
-
-def _advance(steps: Steps[T], failure: ProcessorFailure | None) -> tuple[bool, Any]:
-    """Runs a phase on to its next pause (False, the paused sandbox) or its end (True, its value)."""
-    try:
-        return False, steps.throw(failure) if failure is not None else next(steps)
-    except StopIteration as end:
-        return True, end.value
 
 
 def _too_large(kind: str, status: int, limit: int) -> LocalResponse:

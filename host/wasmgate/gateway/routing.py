@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import yarl
 
+from ..config import RouteConfig
+from ..metrics import RouteMetrics
 from .chain import Chain
-from .config import RouteConfig
-from .metrics import RouteMetrics
 from .processors import Processor
 
 

@@ -13,7 +13,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .config import Config, ProcessorConfig, PullPolicy
+from ..config import Config, ProcessorConfig, PullPolicy
 from .oci import OciError, OciSource
 
 log = logging.getLogger("wasmgate.sources")

@@ -7,48 +7,54 @@ tells which phases the processor takes part in.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 
-from .abi import PHASE_OF_HOOK, Hook
-from .config import BodyMode, Config, ConfigError, FailureMode, InstanceMode, ProcessorConfig, SubrequestConfig
-from .engine import CompiledModule, ModuleError, Runtime
+from ..config import (
+    BodyMode,
+    Config,
+    ConfigError,
+    FailureMode,
+    InstanceMode,
+    ProcessorConfig,
+    SubrequestConfig,
+    module_name,
+)
+from ..metrics import GuestMetrics, ProcessorMetrics
+from ..runtime import PHASE_OF_HOOK, CompiledModule, Guest, Hook, ModuleError, ProcessorFailure, Runtime, Sandbox
+from ..sources import ModuleCatalog, ModuleNotFound
 from .exchange import LocalResponse
-from .failures import ProcessorFailure
+from ..state import State
+from .host import ProcessorHost
 from .instances import SandboxPool
-from .metrics import GuestMetrics, ProcessorMetrics
-from .sandbox import Sandbox
-from .sources import ModuleCatalog, ModuleNotFound
-from .state import State
 
 
 @dataclass(frozen=True, eq=False)
 class Processor:
     name: str
     module: CompiledModule
-    config_json: bytes
+    guest: Guest
+    """The core's view of the processor: module, config and limits."""
+    host: ProcessorHost
     hooks: frozenset[Hook]
     """The hooks the processor asked for in ``init``: a set, since flag arithmetic is slow on the request path."""
     buffers: bool
     max_body_bytes: int
     failure_mode: FailureMode
     fallback: LocalResponse | None
-    timeouts: dict[Hook, float]
     memory_limit: int
     subrequests: SubrequestConfig
     phase_retries: int
-    state: State | None
-    """The gateway's shared state (counters, key-value), when it has one."""
     pool: SandboxPool | None
     """Idle instances for ``instances: pooled``; None for fresh instances."""
-    guest_metrics: GuestMetrics
     metrics: ProcessorMetrics
-    releasing_calls: dict[Hook, int] = dataclasses.field(default_factory=dict)
-    """How many more calls of each hook release the GIL, since one of them ran long (see ``sandbox``)."""
 
     def wants(self, hook: Hook) -> bool:
         return hook in self.hooks
+
+    def sandbox(self, runtime: Runtime) -> Sandbox:
+        """A new, unstarted instance."""
+        return Sandbox(runtime, self.guest, self.host)
 
 
 def build_processor(
@@ -58,36 +64,39 @@ def build_processor(
     fallback = None
     if spec.fallback is not None:
         fallback = LocalResponse(spec.fallback.status, list(spec.fallback.headers.items()), spec.fallback.body.encode())
-    timeouts = {hook: getattr(spec.timeouts, hook.phase) for hook in Hook}
-    draft = Processor(
+    calls = spec.subrequests
+    guest = Guest(
+        spec.name,
+        module.core,
+        json.dumps(spec.config).encode(),
+        [getattr(spec.timeouts, hook.phase) for hook in Hook],
+        spec.memory_limit,
+        list(calls.allow),
+        calls.max_concurrent,
+        calls.timeout,
+    )
+    host = ProcessorHost(spec.name, state, GuestMetrics(spec.name))
+    sandbox = Sandbox(runtime, guest, host)
+    try:
+        phases = sandbox.start_blocking()
+    finally:
+        sandbox.close()
+    return Processor(
         name=spec.name,
         module=module,
-        config_json=json.dumps(spec.config).encode(),
-        hooks=frozenset(),
+        guest=guest,
+        host=host,
+        hooks=frozenset(hook for hook, phase in PHASE_OF_HOOK.items() if phases & phase),
         buffers=spec.body is BodyMode.BUFFER,
         max_body_bytes=spec.max_body_bytes,
         failure_mode=spec.failure_mode,
         fallback=fallback,
-        timeouts=timeouts,
         memory_limit=spec.memory_limit,
         subrequests=spec.subrequests,
         phase_retries=spec.phase_retries,
-        state=state,
         pool=SandboxPool(spec.pool) if spec.instances is InstanceMode.POOLED else None,
-        guest_metrics=GuestMetrics(spec.name),
         metrics=ProcessorMetrics(spec.name),
     )
-    sandbox = Sandbox(runtime, draft)
-    try:
-        phases = sandbox.init(draft.config_json)
-    finally:
-        sandbox.close()
-    return dataclasses.replace(draft, hooks=frozenset(hook for hook, phase in PHASE_OF_HOOK.items() if phases & phase))
-
-
-def module_name(reference: str) -> str:
-    """What a module is called in messages and metrics: its name, or its repository for oci:// references."""
-    return reference.rsplit("/", 1)[-1].split("@")[0].split(":")[0] if reference.startswith("oci://") else reference
 
 
 def load_processors(

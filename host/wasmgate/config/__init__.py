@@ -1,0 +1,44 @@
+"""The gateway's config: its models (``models``), the units values are written
+in (``units``), where modules come from (``references``), and reading and
+checking a file (``loading``)."""
+
+from .loading import ConfigError, explain, load_config, parse_config
+from .models import (
+    BodyMode,
+    Config,
+    FailureMode,
+    InstanceMode,
+    PoolConfig,
+    ProcessorConfig,
+    PullPolicy,
+    RouteConfig,
+    StateBackendKind,
+    StateConfig,
+    SubrequestConfig,
+    UpstreamConfig,
+)
+from .references import Reference, module_name, parse_reference
+from .units import split_address
+
+__all__ = [
+    "BodyMode",
+    "Config",
+    "ConfigError",
+    "FailureMode",
+    "InstanceMode",
+    "PoolConfig",
+    "ProcessorConfig",
+    "PullPolicy",
+    "Reference",
+    "RouteConfig",
+    "StateBackendKind",
+    "StateConfig",
+    "SubrequestConfig",
+    "UpstreamConfig",
+    "explain",
+    "load_config",
+    "module_name",
+    "parse_config",
+    "parse_reference",
+    "split_address",
+]

@@ -1,0 +1,93 @@
+"""The per-process runtime: one engine (the core's), compiled modules, the loop's scheduler.
+
+Modules are compiled once and kept: compiled artifacts are cached on disk
+by the module's sha256 and the engine's artifact tag (its wasmtime version
+and settings), so a restart loads them instead of compiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import _core
+from .scheduler import Scheduler
+
+log = logging.getLogger("wasmgate.runtime")
+
+MAX_LINKED = 64
+"""Linked modules kept in memory, so a reload links only what changed."""
+
+TICK = 0.001
+"""How often the epoch advances: deadlines hold to within a tick or two, and a guest that ran a whole
+tick yields to the loop (see ``scheduler``)."""
+
+ModuleError = _core.ModuleError
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledModule:
+    """A module compiled, checked against the WIT world, and linked."""
+
+    name: str
+    sha256: str
+    core: _core.Module
+
+
+class Runtime:
+    """One per process."""
+
+    def __init__(self, cache_dir: Path | None = None, max_instances: int = 10_000, tick: float = TICK) -> None:
+        """``max_instances``: instances alive at once (the pooling allocator's slots)."""
+        self.engine = _core.Engine(max_instances, tick)
+        self._cache_dir = cache_dir
+        self._linked: dict[tuple[str, str], CompiledModule] = {}  # by name and sha256, in this process
+        self._scheduler: Scheduler | None = None
+
+    def scheduler(self) -> Scheduler:
+        """The scheduler of the running event loop."""
+        loop = asyncio.get_running_loop()
+        if self._scheduler is None or self._scheduler.loop is not loop:
+            self._scheduler = Scheduler(loop)
+        return self._scheduler
+
+    def compile(self, name: str, wasm: bytes) -> CompiledModule:
+        """Compiles (or loads from the caches), checks and links a module; raises ``ModuleError``."""
+        sha256 = hashlib.sha256(wasm).hexdigest()
+        compiled = self._linked.get((name, sha256))
+        if compiled is None:
+            core = self._load_cached(name, sha256) or self._compile(name, wasm, sha256)
+            compiled = CompiledModule(name, sha256, core)
+            if len(self._linked) >= MAX_LINKED:
+                self._linked.pop(next(iter(self._linked)))  # the oldest: reloads make new ones
+            self._linked[(name, sha256)] = compiled
+        return compiled
+
+    def _artifact(self, sha256: str) -> Path | None:
+        return self._cache_dir / f"{sha256}-{self.engine.artifact_tag}.cwasm" if self._cache_dir else None
+
+    def _load_cached(self, name: str, sha256: str) -> _core.Module | None:
+        artifact = self._artifact(sha256)
+        if artifact is None or not artifact.exists():
+            return None
+        try:
+            return self.engine.load(name, artifact.read_bytes())
+        except (ModuleError, OSError) as error:
+            log.warning("ignoring unusable compiled artifact %s: %s", artifact, error)
+            return None
+
+    def _compile(self, name: str, wasm: bytes, sha256: str) -> _core.Module:
+        module = self.engine.compile(name, wasm)
+        artifact = self._artifact(sha256)
+        if artifact is not None:
+            # The cache holds native code: private to this user, written whole or not at all.
+            artifact.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=artifact.parent, delete=False) as out:
+                out.write(module.serialize())
+            os.replace(out.name, artifact)
+        return module
