@@ -64,7 +64,7 @@ async def main(module: Path, requests: int) -> None:
 
     async def request() -> None:
         sandbox = processor.sandbox(runtime)
-        sandbox.bind(exchange, 0, "bench")
+        sandbox.bind(exchange, 0, "bench", runtime.scheduler())
         await sandbox.start()
         await sandbox.run(Hook.REQUEST_HEADERS, None, False)
         await sandbox.run(Hook.REQUEST_BODY, BODY, True)
@@ -79,7 +79,7 @@ async def main(module: Path, requests: int) -> None:
     print(f"fresh instance + init + all 5 hooks:           {full * 1e6:7.2f} µs per request")
 
     sandbox = processor.sandbox(runtime)
-    sandbox.bind(exchange, 0, "bench")
+    sandbox.bind(exchange, 0, "bench", runtime.scheduler())
     await sandbox.start()
     empty = await best(lambda: sandbox.run(Hook.REQUEST_HEADERS, None, False), 20 * requests)
     print(f"an empty hook (request headers):               {empty * 1e6:7.2f} µs")

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from wasmgate import metrics
 from wasmgate.config import ProcessorConfig, parse_config
 from wasmgate.gateway import (
     CallClient,
@@ -83,7 +84,7 @@ async def drive(
     body: bytes = b"",
     upstream_response: tuple[int, dict[str, str], bytes] = (200, {"content-type": "text/plain"}, b"upstream"),
 ) -> Driven:
-    """Drives one request through a chain the way the proxy does, with whole bodies."""
+    """Drives one request through a chain the way the proxy does, with whole bodies (and the metrics flushed)."""
     facts = RequestFacts("POST", "/v1/chat/completions", "", "req-1", "test", "", "127.0.0.1")
     exchange = new_exchange(facts, CIMultiDict(headers or {}), "http://upstream.test", len(processors))
     client = CallClient()
@@ -109,6 +110,7 @@ async def drive(
     finally:
         await run.finish()
         await client.close()
+        metrics.flush()  # as the gateway does once no request is in flight
 
 
 # -- a gateway over real sockets, in front of echo upstreams ----------------------------

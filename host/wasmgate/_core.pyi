@@ -45,10 +45,12 @@ class Module:
     def serialize(self) -> bytes: ...
 
 class Guest:
-    """A processor as its sandboxes see it: module, config and limits."""
+    """A processor as its sandboxes see it: module, config and limits; and ``prepared`` started
+    instances kept ready, made on the engine's own thread once ``fill`` is called."""
 
     def __init__(
         self,
+        engine: Engine,
         name: str,
         module: Module,
         config: bytes,
@@ -57,9 +59,11 @@ class Guest:
         allow: list[str],
         max_concurrent: int,
         call_timeout: float,
+        prepared: int,
     ) -> None: ...
     @property
     def name(self) -> str: ...
+    def fill(self) -> None: ...
 
 class Snapshot: ...
 
@@ -104,6 +108,9 @@ class Sandbox:
     """One instance of a processor."""
 
     def __init__(self, engine: Engine, guest: Guest) -> None: ...
+    @staticmethod
+    def prepared(guest: Guest) -> Sandbox | None:
+        """A started instance of ``guest`` nobody has used, if one is ready."""
     def start(self) -> int: ...
     def start_blocking(self) -> int: ...
     def call(self, hook: int, body: bytes | None, end_of_stream: bool) -> int: ...

@@ -8,10 +8,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
-def admin_app(registry: CollectorRegistry, ready: Callable[[], bool]) -> web.Application:
-    """``ready`` says whether every module is loaded and every worker serving."""
+def admin_app(
+    registry: CollectorRegistry, ready: Callable[[], bool], before_scrape: Callable[[], None]
+) -> web.Application:
+    """``ready`` says whether every module is loaded and every worker serving; ``before_scrape``
+    brings what the process tallied up to date."""
 
     async def metrics(_: web.Request) -> web.Response:
+        before_scrape()
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:

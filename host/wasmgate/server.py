@@ -27,7 +27,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import logs
+from . import logs, metrics
 from .config import Config, StateBackendKind, split_address
 from .gateway import Gateway, app, build_routes, load_processors
 from .reload import Reloader, publish
@@ -105,7 +105,9 @@ async def serve(
 
             from .admin import admin_app
 
-            runners.append(await listen(admin_app(REGISTRY, lambda: True), config.admin_listen, reuse_port=False))
+            runners.append(
+                await listen(admin_app(REGISTRY, lambda: True, metrics.flush), config.admin_listen, reuse_port=False)
+            )
         _tune_garbage_collector()
         ready()
         log.info("serving on %s (pid %d)", config.listen, os.getpid())
@@ -209,7 +211,7 @@ def _supervise(config: Config, workers: int, config_path: Path | None) -> None:
         def ready() -> bool:
             return all(process.is_alive() and event.is_set() for process, event in slots)
 
-        runner = await listen(admin_app(registry, ready), config.admin_listen, reuse_port=False)
+        runner = await listen(admin_app(registry, ready, metrics.flush), config.admin_listen, reuse_port=False)
         try:
             while not stop.is_set():
                 for i, (process, _) in enumerate(slots):

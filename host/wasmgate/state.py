@@ -38,7 +38,7 @@ from typing import Protocol, TypeVar, cast
 
 import redis
 import redis.asyncio
-from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from .config import ConfigError, StateBackendKind, StateConfig
 
@@ -85,7 +85,9 @@ class MemoryState:
         self._db.execute("PRAGMA busy_timeout=0")  # a locked database is waited for here, without blocking
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=OFF")  # shared memory: nothing to make durable
-        self._db.execute("CREATE TABLE IF NOT EXISTS counters (key BLOB PRIMARY KEY, value INTEGER, window_end INTEGER)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS counters (key BLOB PRIMARY KEY, value INTEGER, window_end INTEGER)"
+        )
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB, expires INTEGER)")
 
     @classmethod
@@ -151,7 +153,9 @@ class MemoryState:
 
     async def kv_set(self, key: bytes, value: bytes, ttl_ms: int, timeout: float) -> None:
         expires = _now_ms() + ttl_ms if ttl_ms else 0
-        await self._transaction(timeout, lambda db: db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (key, value, expires)))
+        await self._transaction(
+            timeout, lambda db: db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (key, value, expires))
+        )
 
     async def kv_delete(self, key: bytes, timeout: float) -> None:
         await self._transaction(timeout, lambda db: db.execute("DELETE FROM kv WHERE key = ?", (key,)))
@@ -176,12 +180,16 @@ return {new, ttl, 1}
 class RedisState:
     """The ``redis`` backend: one Redis for every replica; counters updated by a Lua script on the server."""
 
+    CONNECTIONS = 16
+    """Connections a worker keeps at most: more calls at once wait for one, bounded by their deadline."""
+
     def __init__(self, url: str, timeout: float) -> None:
         self._url = url
         self._timeout = timeout
         # Made on first use, on the event loop that uses it: asyncio connections belong to one loop.
         self._client: redis.asyncio.Redis | None = None
-        self._counter_add: AsyncScript | None = None
+        self._script: str | None = None  # the counter script's SHA once the server has it
+        self._loading: asyncio.Lock | None = None
 
     def check(self) -> None:
         """Raises ``ConfigError`` if the server cannot be reached: at start, not at the first request."""
@@ -195,16 +203,20 @@ class RedisState:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+            self._script = None
 
     def _redis(self) -> redis.asyncio.Redis:
         if self._client is None:
-            self._client = redis.asyncio.Redis.from_url(
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
                 self._url,
+                max_connections=self.CONNECTIONS,
+                timeout=None,  # a call waits for a connection as long as its caller lets it
                 socket_connect_timeout=self._timeout,
                 socket_timeout=self._timeout,
                 driver_info=None,  # a new connection is one TCP connect, not two more round trips (CLIENT SETINFO)
             )
-            self._counter_add = self._client.register_script(_COUNTER_ADD)
+            self._client = redis.asyncio.Redis.from_pool(pool)
+            self._loading = asyncio.Lock()
         return self._client
 
     @contextlib.asynccontextmanager
@@ -214,11 +226,23 @@ class RedisState:
         except redis.RedisError as error:
             raise StateUnavailable(f"redis state ({self._url}): {error}") from None
 
+    async def _counter_script(self, client: redis.asyncio.Redis) -> str:
+        """The counter script's SHA, loaded once however many calls need it at once."""
+        assert self._loading is not None, "made with the client"
+        async with self._loading:
+            if self._script is None:
+                self._script = await client.script_load(_COUNTER_ADD)
+        return self._script
+
     async def counter_add(self, key: bytes, delta: int, window_ms: int, limit: int | None, timeout: float) -> Counter:
-        async with self._call():
-            assert self._counter_add is not None, "registered with the client"
-            args = [delta, window_ms, "" if limit is None else limit]
-            value, ttl, applied = await self._counter_add(keys=[b"c:" + key], args=args)
+        args = [delta, window_ms, "" if limit is None else limit]
+        async with self._call() as client:
+            script = self._script or await self._counter_script(client)
+            try:
+                value, ttl, applied = await client.evalsha(script, 1, b"c:" + key, *args)
+            except NoScriptError:  # the server lost its scripts (a restart): load it again
+                self._script = None
+                value, ttl, applied = await client.evalsha(await self._counter_script(client), 1, b"c:" + key, *args)
         return Counter(int(value), int(ttl), bool(applied))
 
     async def kv_get(self, key: bytes, timeout: float) -> bytes | None:

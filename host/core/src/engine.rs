@@ -11,6 +11,7 @@ use wasmtime::{Config, InstanceAllocationStrategy, Linker, PoolingAllocationConf
 
 use crate::failure::quoted;
 use crate::instance::InstanceState;
+use crate::janitor::{Janitor, Maker};
 use crate::linking::{Import, Imports};
 use crate::module::Module;
 use crate::{hostcalls, wasi};
@@ -26,6 +27,7 @@ pub struct Engine {
     imports: Vec<Import>,
     /// How often the epoch advances: deadlines hold to within a tick, and a guest yields after a whole one.
     pub tick: Duration,
+    janitor: Janitor,
     _ticker: Ticker,
 }
 
@@ -49,7 +51,13 @@ impl Engine {
         wasi::define(&mut imports)?;
         let (linker, imports) = imports.finish();
         let ticker = Ticker::start(engine.clone(), tick);
-        Ok(Engine { engine, linker, imports, tick, _ticker: ticker })
+        let janitor = Janitor::start(engine.clone(), tick);
+        Ok(Engine { engine, linker, imports, tick, janitor, _ticker: ticker })
+    }
+
+    /// What makes this engine's sandboxes.
+    pub fn maker(&self) -> &Maker {
+        &self.janitor.maker
     }
 
     /// Compiles, checks and links a module.

@@ -14,6 +14,7 @@ pub mod guest;
 pub mod headers;
 mod hostcalls;
 pub mod instance;
+pub mod janitor;
 mod linking;
 pub mod memory;
 pub mod metrics;

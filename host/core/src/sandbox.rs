@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, TypedFunc, UpdateDeadline};
 
 use crate::abi::{ALL_PHASES, CONTINUE, Hook, PAUSE, RESPOND};
-use crate::engine::Engine;
 use crate::events::Events;
 use crate::exchange::Exchange;
 use crate::failure::{Cause, Failure, classify};
 use crate::guest::Guest;
 use crate::instance::{Binding, Exports, InstanceState, LocalResponse};
+use crate::janitor::Maker;
 use crate::memory::{bytes, le_u32, lower, text};
 use crate::requests::{HostAnswer, HostRequest, Shared};
 
@@ -102,6 +102,7 @@ enum Slot {
 }
 
 pub struct Sandbox {
+    maker: Maker,
     shared: Arc<Shared>,
     slot: Slot,
     failure: Option<Failure>,
@@ -110,12 +111,12 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// A store for one instance of `guest`; `start` makes the instance.
-    pub fn new(engine: &Engine, guest: Arc<Guest>) -> Sandbox {
+    /// A store for one instance of `guest`; `start` makes the instance. See `Maker::sandbox`.
+    pub(crate) fn new(maker: Maker, guest: Arc<Guest>) -> Sandbox {
         let shared = Arc::new(Shared::default());
-        let mut store = Store::new(&engine.engine, InstanceState::new(guest, shared.clone()));
+        let mut store = Store::new(&maker.engine, InstanceState::new(guest, shared.clone()));
         store.limiter(|state| &mut state.quota);
-        let tick = engine.tick;
+        let tick = maker.tick;
         store.epoch_deadline_callback(move |context| {
             let state = context.data();
             let now = Instant::now();
@@ -128,16 +129,24 @@ impl Sandbox {
         });
         store.set_epoch_deadline(1);
         let parts = Box::new(Parts { store, funcs: None });
-        Sandbox { shared, slot: Slot::Idle(parts), failure: None, peak_memory: 0, memory_size: 0 }
+        Sandbox { maker, shared, slot: Slot::Idle(parts), failure: None, peak_memory: 0, memory_size: 0 }
     }
 
     pub fn alive(&self) -> bool {
         !matches!(self.slot, Slot::Gone)
     }
 
-    /// Discards the instance; its pooling slot is free again.
+    /// Discards the instance; the janitor frees its slot for the next.
     pub fn close(&mut self) {
-        self.slot = Slot::Gone;
+        self.discard();
+    }
+
+    fn discard(&mut self) {
+        match std::mem::replace(&mut self.slot, Slot::Gone) {
+            Slot::Idle(parts) => self.maker.dispose(parts),
+            Slot::Running(running) => self.maker.dispose(Box::new(running)),
+            Slot::Gone => {}
+        }
     }
 
     pub fn failure(&self) -> Option<&Failure> {
@@ -177,11 +186,13 @@ impl Sandbox {
 
     /// Calls `on-resume` for a paused `hook`, in what is left of its deadline.
     pub fn resume(&mut self, hook: Hook) -> Status {
-        let Slot::Idle(parts) = std::mem::replace(&mut self.slot, Slot::Gone) else {
-            return self.fail(Failure::new(Cause::HostError, "resume of a sandbox that is not idle"));
+        let parts = match self.take_idle("resume") {
+            Ok(parts) => parts,
+            Err(failed) => return failed,
         };
         if Instant::now() >= parts.store.data().deadline {
             let failure = parts.store.data().deadline_passed();
+            self.slot = Slot::Idle(parts);
             return self.fail(failure);
         }
         self.slot = Slot::Running(Box::pin(async move {
@@ -192,9 +203,21 @@ impl Sandbox {
         self.poll()
     }
 
+    /// The idle instance, taken out to run a call; the sandbox fails when it has none.
+    fn take_idle(&mut self, call: &str) -> Result<Box<Parts>, Status> {
+        match std::mem::replace(&mut self.slot, Slot::Gone) {
+            Slot::Idle(parts) => Ok(parts),
+            other => {
+                self.slot = other;
+                Err(self.fail(Failure::new(Cause::HostError, format!("{call} on a sandbox that is not idle"))))
+            }
+        }
+    }
+
     fn begin(&mut self, hook: Hook, make: impl FnOnce(Box<Parts>, Instant) -> Running) -> Status {
-        let Slot::Idle(parts) = std::mem::replace(&mut self.slot, Slot::Gone) else {
-            return self.fail(Failure::new(Cause::HostError, "a call into a sandbox that is not idle"));
+        let parts = match self.take_idle(hook.phase()) {
+            Ok(parts) => parts,
+            Err(failed) => return failed,
         };
         let deadline = Instant::now() + parts.store.data().guest.timeouts[hook.index()];
         self.slot = Slot::Running(make(parts, deadline));
@@ -213,15 +236,17 @@ impl Sandbox {
             Ok(Poll::Pending) => Status::Yielded,
             Ok(Poll::Ready((parts, outcome))) => {
                 self.note_memory(&parts);
+                self.slot = Slot::Idle(parts);
                 match outcome {
-                    Ok(value) => {
-                        self.slot = Slot::Idle(parts);
-                        Status::Done(value)
-                    }
+                    Ok(value) => Status::Done(value),
                     Err(failure) => self.fail(failure),
                 }
             }
-            Err(panic) => self.fail(Failure::new(Cause::HostError, format!("the host panicked: {}", message(&*panic)))),
+            Err(panic) => {
+                // The call may have stopped anywhere: what it held is dropped, not reused.
+                self.slot = Slot::Gone;
+                self.fail(Failure::new(Cause::HostError, format!("the host panicked: {}", message(&*panic))))
+            }
         }
     }
 
@@ -236,7 +261,7 @@ impl Sandbox {
     }
 
     fn fail(&mut self, failure: Failure) -> Status {
-        self.slot = Slot::Gone;
+        self.discard();
         self.failure = Some(failure);
         Status::Failed
     }
@@ -354,6 +379,12 @@ impl Sandbox {
             Slot::Idle(parts) => parts.store.data().deadline.saturating_duration_since(Instant::now()),
             _ => Duration::ZERO,
         }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.discard();
     }
 }
 

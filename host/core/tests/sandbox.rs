@@ -63,7 +63,7 @@ fn sandbox(wat: &str, timeout_ms: u64, memory_limit: usize) -> Sandbox {
     let calls = CallPolicy { allow: Default::default(), max_concurrent: 4, timeout: Duration::from_secs(1) };
     let timeouts = [Duration::from_millis(timeout_ms); 6];
     let guest = Guest::new("test".into(), module, b"{}".to_vec(), timeouts, memory_limit, calls);
-    Sandbox::new(engine(), Arc::new(guest))
+    engine().maker().sandbox(Arc::new(guest))
 }
 
 fn exchange() -> Exchange {

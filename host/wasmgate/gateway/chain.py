@@ -54,6 +54,8 @@ class Chain:
     def __init__(self, processors: Sequence[Processor]) -> None:
         self.processors = tuple(processors)
         self.hooks: frozenset[Hook] = frozenset().union(*(p.hooks for p in self.processors))
+        self.takers = {hook: tuple(i for i, p in enumerate(self.processors) if p.wants(hook)) for hook in Hook}
+        """The processors that take part in each hook, by place on the route."""
         self.buffers_request = self._buffer_limit(Hook.REQUEST_BODY)
         self.buffers_response = self._buffer_limit(Hook.RESPONSE_BODY)
         self.hooks_request_body = any(p.wants(Hook.REQUEST_BODY) for p in self.processors)
@@ -95,15 +97,22 @@ class ChainRun:
         self.runtime = runtime
         self.client = client
         self.depth = depth
-        self.outcomes = {p.name: Outcome() for p in chain.processors}
+        self._scheduler = runtime.scheduler()
+        self._outcomes = [Outcome() for _ in chain.processors]
         self.interrupt: LocalResponse | None = None
         """Set when a streamed request body was stopped by a local response."""
         count = len(chain.processors)
         self._sandboxes: list[Sandbox | None] = [None] * count
         self._dropped = [False] * count
+        self._retrying = [False] * count  # its next instance must start bound, to see the checkpoint in init
         self._span = count  # processors [0, span) take part in the response path
         self._reached = count  # processors [0, reached) saw the request: they get the done hook
         self._done = False
+
+    @property
+    def outcomes(self) -> dict[str, Outcome]:
+        """How each processor fared, by name."""
+        return {p.name: outcome for p, outcome in zip(self.chain.processors, self._outcomes, strict=True)}
 
     # -- the proxy's calls ---------------------------------------------------
 
@@ -123,9 +132,7 @@ class ChainRun:
             out, local = await self._run(REQUEST_PATH, lambda: self._whole_request(whole_body), untouched)
             self.exchange.request_sent = local is None
             return local or out
-        local = await self._run(
-            REQUEST_HEADERS, lambda: self._headers(Hook.REQUEST_HEADERS, self._request_order(), False), None
-        )
+        local = await self._run(REQUEST_HEADERS, lambda: self._headers(Hook.REQUEST_HEADERS, False), None)
         if local is not None:
             return local
         self.exchange.request_sent = True
@@ -148,9 +155,7 @@ class ChainRun:
         if isinstance(body, bytes):
             whole_body = body
             return await self._run(RESPONSE_PATH, lambda: self._whole_response(whole_body), body)
-        local = await self._run(
-            RESPONSE_HEADERS, lambda: self._headers(Hook.RESPONSE_HEADERS, self._response_order(), False), None
-        )
+        local = await self._run(RESPONSE_HEADERS, lambda: self._headers(Hook.RESPONSE_HEADERS, False), None)
         if local is not None:
             return await self.respond_locally(local)
         self.exchange.response_sent = True
@@ -181,19 +186,17 @@ class ChainRun:
     # -- whole bodies ------------------------------------------------------------
 
     async def _whole_request(self, body: bytes) -> tuple[bytes, LocalResponse | None]:
-        order = self._request_order()
-        local = await self._headers(Hook.REQUEST_HEADERS, order, not body)
+        local = await self._headers(Hook.REQUEST_HEADERS, not body)
         if local is not None or not body:
             return body, local
-        return await self._body(Hook.REQUEST_BODY, order, body, True)
+        return await self._body(Hook.REQUEST_BODY, body, True)
 
     async def _whole_response(self, body: bytes) -> bytes:
         """Response phases over a whole body; a local response restarts them below its maker."""
         while True:
-            order = self._response_order()
-            local = await self._headers(Hook.RESPONSE_HEADERS, order, not body)
+            local = await self._headers(Hook.RESPONSE_HEADERS, not body)
             if local is None and body:
-                body, local = await self._body(Hook.RESPONSE_BODY, order, body, True)
+                body, local = await self._body(Hook.RESPONSE_BODY, body, True)
             if local is None:
                 break
             self._replace(local)
@@ -204,9 +207,8 @@ class ChainRun:
     # -- streamed bodies (hooks per chunk) -----------------------------------------
 
     async def _stream_request(self, source: BodySource) -> AsyncIterator[bytes]:
-        order = self._request_order()
         async for chunk, end in source:
-            out, local = await self._body(Hook.REQUEST_BODY, order, chunk, end)
+            out, local = await self._body(Hook.REQUEST_BODY, chunk, end)
             if local is not None:
                 # Breaking the upstream request off: a truncated body must not look complete.
                 self.interrupt = local
@@ -215,9 +217,8 @@ class ChainRun:
                 yield out
 
     async def _stream_response(self, source: BodySource) -> AsyncIterator[bytes]:
-        order = self._response_order()
         async for chunk, end in source:
-            out, local = await self._body(Hook.RESPONSE_BODY, order, chunk, end)
+            out, local = await self._body(Hook.RESPONSE_BODY, chunk, end)
             if local is not None:
                 raise StreamAborted("a response body hook failed after the response started")
             if out:
@@ -225,25 +226,25 @@ class ChainRun:
 
     # -- phases ---------------------------------------------------------------------
 
-    def _request_order(self) -> range:
-        return range(len(self.chain.processors))
+    def _order(self, hook: Hook) -> Iterable[int]:
+        """The processors that take part in ``hook`` here: request hooks in route order, the others in
+        reverse order, below the processor that answered, if one did."""
+        takers = self.chain.takers[hook]
+        if hook in REQUEST_PATH:
+            return takers
+        return [i for i in reversed(takers) if i < self._span]
 
-    def _response_order(self) -> Iterable[int]:
-        return range(self._span - 1, -1, -1)
-
-    async def _headers(self, hook: Hook, order: Iterable[int], end_of_stream: bool) -> LocalResponse | None:
-        for i in order:
-            if self._wants(i, hook):
+    async def _headers(self, hook: Hook, end_of_stream: bool) -> LocalResponse | None:
+        for i in self._order(hook):
+            if not self._dropped[i]:
                 _, local = await self._call(i, hook, None, end_of_stream)
                 if local is not None:
                     return self._answered(i, hook, local)
         return None
 
-    async def _body(
-        self, hook: Hook, order: Iterable[int], chunk: bytes, end: bool
-    ) -> tuple[bytes, LocalResponse | None]:
-        for i in order:
-            if not self._wants(i, hook):
+    async def _body(self, hook: Hook, chunk: bytes, end: bool) -> tuple[bytes, LocalResponse | None]:
+        for i in self._order(hook):
+            if self._dropped[i]:
                 continue
             processor = self.chain.processors[i]
             if processor.buffers and len(chunk) > processor.max_body_bytes:
@@ -267,13 +268,10 @@ class ChainRun:
 
     async def _run_done(self) -> None:
         self._done = True
-        for i in range(self._reached - 1, -1, -1):
-            if self._wants(i, Hook.DONE):
+        for i in reversed(self.chain.takers[Hook.DONE]):
+            if i < self._reached and not self._dropped[i]:
                 await self._call(i, Hook.DONE, None, True)
         self._close()
-
-    def _wants(self, i: int, hook: Hook) -> bool:
-        return not self._dropped[i] and self.chain.processors[i].wants(hook)
 
     # -- one hook, under the processor's failure mode --------------------------------
 
@@ -283,12 +281,12 @@ class ChainRun:
         """Runs hook ``hook`` of processor ``i``, pauses included: the body to pass on, or a local response."""
         processor = self.chain.processors[i]
         metrics = processor.metrics.hooks[hook]
-        metrics.calls.inc()
+        metrics.calls.count += 1
         retries = 0 if hook is Hook.DONE else processor.phase_retries
         undoable = processor.failure_mode is FailureMode.FAIL_OPEN or retries
         saved = self.exchange.snapshot() if undoable else None
         calls_before = self.exchange.mark_calls(i) if retries else 0
-        outcome = self.outcomes[processor.name]
+        outcome = self._outcomes[i]
         started = perf_counter()
         try:
             for retries_left in range(retries, -1, -1):
@@ -310,13 +308,13 @@ class ChainRun:
             metrics.seconds.observe(elapsed)
             outcome.seconds += elapsed
         if local is not None:
-            metrics.responded.inc()
+            metrics.responded.count += 1
             outcome.result = "respond"
             return None, local
-        metrics.continued.inc()
+        metrics.continued.count += 1
         if outcome.result == "skipped":
             outcome.result = "continue"
-        return (sandbox.take_body() if hook.takes_body else None), None
+        return (sandbox.take_body() if body is not None else None), None
 
     async def _attempt(self, i: int, hook: Hook, body: bytes | None, end: bool) -> tuple[Sandbox, LocalResponse | None]:
         """One try of a hook, pauses included; raises ``ProcessorFailure``."""
@@ -362,6 +360,7 @@ class ChainRun:
             extra={"processor": processor.name, "cause": failure.cause.value},
         )
         self._discard(i)
+        self._retrying[i] = True
         if saved is not None:
             self.exchange.restore(saved)
 
@@ -369,13 +368,15 @@ class ChainRun:
         """The processor's sandbox for this request: a pooled one, or a new one started for it."""
         processor = self.chain.processors[i]
         sandbox = processor.pool.take() if processor.pool is not None else None
+        if sandbox is None and not self._retrying[i]:
+            sandbox = processor.prepared_sandbox(self.runtime)
         try:
             if sandbox is None:
                 sandbox = processor.sandbox(self.runtime)
-                sandbox.bind(self.exchange, i, self.facts.request_id)
-                await sandbox.start()  # a pooled instance was started once, when it was made
-            else:
-                sandbox.bind(self.exchange, i, self.facts.request_id)
+                sandbox.bind(self.exchange, i, self.facts.request_id, self._scheduler)
+                await sandbox.start()
+            else:  # started before this request, once
+                sandbox.bind(self.exchange, i, self.facts.request_id, self._scheduler)
         except ProcessorFailure as failure:
             raise failure.locate(processor.name, Hook.INIT.phase) from None
         self._sandboxes[i] = sandbox
@@ -386,7 +387,7 @@ class ChainRun:
     ) -> tuple[bytes | None, LocalResponse | None]:
         processor = self.chain.processors[i]
         processor.metrics.hooks[Hook[failure.phase.upper()]].error(failure.cause)
-        self.outcomes[processor.name].result = f"error:{failure.cause.value}"
+        self._outcomes[i].result = f"error:{failure.cause.value}"
         self._discard(i)
         self._dropped[i] = True
         mode = processor.failure_mode

@@ -23,10 +23,14 @@ from ..config import (
 from ..metrics import GuestMetrics, ProcessorMetrics
 from ..runtime import PHASE_OF_HOOK, CompiledModule, Guest, Hook, ModuleError, ProcessorFailure, Runtime, Sandbox
 from ..sources import ModuleCatalog, ModuleNotFound
-from .exchange import LocalResponse
 from ..state import State
+from .exchange import LocalResponse
 from .host import ProcessorHost
 from .instances import SandboxPool
+
+PREPARED = 8
+"""Instances of a fresh-instance processor kept started ahead of need: a request takes one instead of
+making its own, and the core makes the next on a thread of its own (see the core's ``janitor``)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +60,10 @@ class Processor:
         """A new, unstarted instance."""
         return Sandbox(runtime, self.guest, self.host)
 
+    def prepared_sandbox(self, runtime: Runtime) -> Sandbox | None:
+        """A new instance started ahead of need, if one is ready."""
+        return Sandbox.prepared(runtime, self.guest, self.host)
+
 
 def build_processor(
     runtime: Runtime, spec: ProcessorConfig, module: CompiledModule, state: State | None = None
@@ -66,6 +74,7 @@ def build_processor(
         fallback = LocalResponse(spec.fallback.status, list(spec.fallback.headers.items()), spec.fallback.body.encode())
     calls = spec.subrequests
     guest = Guest(
+        runtime.engine,
         spec.name,
         module.core,
         json.dumps(spec.config).encode(),
@@ -74,6 +83,7 @@ def build_processor(
         list(calls.allow),
         calls.max_concurrent,
         calls.timeout,
+        PREPARED if spec.instances is InstanceMode.FRESH else 0,
     )
     host = ProcessorHost(spec.name, state, GuestMetrics(spec.name))
     sandbox = Sandbox(runtime, guest, host)
@@ -81,6 +91,7 @@ def build_processor(
         phases = sandbox.start_blocking()
     finally:
         sandbox.close()
+    guest.fill()
     return Processor(
         name=spec.name,
         module=module,

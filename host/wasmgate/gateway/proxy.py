@@ -8,6 +8,7 @@ business (``chain.ChainRun``), so this module stays a thin adapter.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -21,6 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .. import logs
 from ..config import UpstreamConfig
 from ..metrics import REQUESTS
+from ..metrics import flush as flush_metrics
 from ..runtime import Runtime
 from .chain import BodySource, ChainRun, StreamAborted
 from .exchange import MANAGED_HEADERS, Exchange, LocalResponse, RequestFacts, new_exchange
@@ -29,6 +31,10 @@ from .subrequests import DEPTH_HEADER, CallClient
 
 SMALL_BODY = 64 * 1024
 """Bodies known to be at most this are read whole: each body hook then runs once per direction."""
+
+
+METRICS_INTERVAL = 1.0
+"""Seconds between flushes of the metrics a busy worker tallies (an idle one flushes after each request)."""
 
 
 def new_request_id() -> str:
@@ -44,6 +50,8 @@ class Gateway:
         self._upstream = upstream
         self.max_depth = max_depth
         self._session: aiohttp.ClientSession | None = None
+        self._in_flight = 0
+        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._upstream.max_connections, enable_cleanup_closed=True)
@@ -54,12 +62,32 @@ class Gateway:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
 
+        self._flusher = asyncio.create_task(self._flush_metrics(), name="wasmgate-metrics")
+
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        flush_metrics()
         await self.calls.close()
         if self._session is not None:
             await self._session.close()
 
+    async def _flush_metrics(self) -> None:
+        """Brings the metrics up to date every second, however busy (idle, each request does)."""
+        while True:
+            await asyncio.sleep(METRICS_INTERVAL)
+            flush_metrics()
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self._in_flight += 1
+        try:
+            return await self._serve(request)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                flush_metrics()
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         route = match(self.routes, request.method, request.path, request.headers)
         if route is None:

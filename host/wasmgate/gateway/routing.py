@@ -44,7 +44,7 @@ def build_routes(routes: Sequence[RouteConfig], processors: Mapping[str, Process
             chain=Chain([processors[name] for name in route.processors]),
             tenant=route.tenant,
             timeout=route.timeout,
-            metrics=RouteMetrics(route.name),
+            metrics=RouteMetrics.of(route.name),
         )
         for route in routes
     ]

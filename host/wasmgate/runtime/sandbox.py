@@ -36,8 +36,9 @@ _LEVELS = (logging.DEBUG, logging.DEBUG, logging.INFO, logging.WARNING, logging.
 class Sandbox:
     __slots__ = ("_core", "_runtime", "_host", "_scheduler", "name", "request_id", "requests_served")
 
-    def __init__(self, runtime: Runtime, guest: _core.Guest, host: Host) -> None:
-        self._core = _core.Sandbox(runtime.engine, guest)
+    def __init__(self, runtime: Runtime, guest: _core.Guest, host: Host, core: _core.Sandbox | None = None) -> None:
+        """A new, unstarted instance (``start`` it), or ``core``, one the core started already."""
+        self._core = core or _core.Sandbox(runtime.engine, guest)
         self._runtime = runtime
         self._host = host
         self._scheduler: Scheduler | None = None  # the event loop's, from ``bind``
@@ -45,11 +46,17 @@ class Sandbox:
         self.request_id = "-"
         self.requests_served = 0  # by a pooled instance
 
+    @classmethod
+    def prepared(cls, runtime: Runtime, guest: _core.Guest, host: Host) -> Sandbox | None:
+        """A started instance nobody has used, made ahead of need, if one is ready (``Guest.fill``)."""
+        core = _core.Sandbox.prepared(guest)
+        return None if core is None else cls(runtime, guest, host, core)
+
     # -- calls -------------------------------------------------------------------------
 
     async def start(self) -> int:
         """Makes the instance and runs ``init`` with the processor's config; returns the phases it chose."""
-        scheduler = self._running_scheduler()
+        scheduler = self._scheduler or self._running_scheduler()
         if scheduler.free:
             status = scheduler.ran(self._core.start())
         else:
@@ -173,11 +180,11 @@ class Sandbox:
 
     # -- the request it serves -------------------------------------------------------------
 
-    def bind(self, exchange: _core.Exchange, index: int, request_id: str) -> None:
-        """Serves the request of ``exchange`` as processor ``index`` of its route (on the running event loop)."""
+    def bind(self, exchange: _core.Exchange, index: int, request_id: str, scheduler: Scheduler) -> None:
+        """Serves the request of ``exchange`` as processor ``index`` of its route, on ``scheduler``'s loop."""
         self._core.bind(exchange, index)
         self.request_id = request_id
-        self._running_scheduler()
+        self._scheduler = scheduler
 
     def unbind(self) -> None:
         """Forgets the request it served, before a pooled instance serves another."""

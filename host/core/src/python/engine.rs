@@ -10,6 +10,7 @@ use super::ModuleError;
 use crate::calls::CallPolicy;
 use crate::engine::Engine;
 use crate::guest::Guest;
+use crate::janitor::Stock;
 use crate::module::Module;
 
 /// One per process: the wasmtime engine with the host calls linked, and its epoch ticker.
@@ -87,18 +88,21 @@ impl PyModule {
     }
 }
 
-/// A processor as its sandboxes see it: module, config and limits.
+/// A processor as its sandboxes see it: module, config and limits; and its
+/// instances started ahead of need (see `janitor`).
 #[pyclass(name = "Guest", module = "wasmgate._core", frozen)]
 pub struct PyGuest {
     pub inner: Arc<Guest>,
+    pub stock: Arc<Stock>,
 }
 
 #[pymethods]
 impl PyGuest {
     #[new]
-    #[pyo3(signature = (name, module, config, timeouts, memory_limit, allow, max_concurrent, call_timeout))]
+    #[pyo3(signature = (engine, name, module, config, timeouts, memory_limit, allow, max_concurrent, call_timeout, prepared))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        engine: &PyEngine,
         name: String,
         module: &PyModule,
         config: Vec<u8>,
@@ -107,15 +111,22 @@ impl PyGuest {
         allow: Vec<String>,
         max_concurrent: usize,
         call_timeout: f64,
+        prepared: usize,
     ) -> PyGuest {
         let policy = CallPolicy::new(allow, max_concurrent, Duration::from_secs_f64(call_timeout));
         let timeouts = timeouts.map(Duration::from_secs_f64);
-        let guest = Guest::new(name, module.inner.clone(), config, timeouts, memory_limit, policy);
-        PyGuest { inner: Arc::new(guest) }
+        let guest = Arc::new(Guest::new(name, module.inner.clone(), config, timeouts, memory_limit, policy));
+        let stock = Stock::new(guest.clone(), prepared, engine.inner.maker().clone());
+        PyGuest { inner: guest, stock }
     }
 
     #[getter]
     fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Starts keeping `prepared` started instances ready (on the engine's janitor thread).
+    fn fill(&self) {
+        self.stock.fill();
     }
 }

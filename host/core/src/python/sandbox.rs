@@ -72,7 +72,13 @@ impl PySandbox {
 impl PySandbox {
     #[new]
     fn new(engine: &PyEngine, guest: &PyGuest) -> PySandbox {
-        PySandbox { inner: Mutex::new(Sandbox::new(&engine.inner, guest.inner.clone())) }
+        PySandbox { inner: Mutex::new(engine.inner.maker().sandbox(guest.inner.clone())) }
+    }
+
+    /// A started instance of `guest` nobody has used, if one is ready (`Guest.fill`).
+    #[staticmethod]
+    fn prepared(guest: &PyGuest) -> Option<PySandbox> {
+        guest.stock.take().map(|sandbox| PySandbox { inner: Mutex::new(sandbox) })
     }
 
     /// Makes the instance and runs `init` with the processor's config; its value is the phases `init` chose.

@@ -1,0 +1,53 @@
+"""Metrics the request path tallies reach Prometheus exactly as direct updates would."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from wasmgate.metrics import GaugeTally, HistogramTally, Tally
+
+VALUES = [0.00001, 0.0025, 0.003, 0.5, 2.0, 1e9]
+"""Below the first bound, exactly on one, between two, past the last."""
+
+
+def samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    family = next(metric for metric in registry.collect() if metric.name == name)
+    recorded = (s for s in family.samples if not s.name.endswith("_created"))  # when it was made, not what it saw
+    return {(s.name.replace(name, ""), tuple(sorted(s.labels.items()))): s.value for s in recorded}
+
+
+def test_a_histogram_tally_flushes_what_observe_records():
+    registry = CollectorRegistry()
+    observed = Histogram("observed", "", buckets=(0.001, 0.0025, 0.01, 1.0), registry=registry)
+    tallied = Histogram("tallied", "", buckets=(0.001, 0.0025, 0.01, 1.0), registry=registry)
+    tally = HistogramTally(tallied)
+    for value in VALUES:
+        observed.observe(value)
+        tally.observe(value)
+    tally.flush()
+    tally.flush()  # a second flush adds nothing
+    assert samples(registry, "tallied") == samples(registry, "observed")
+
+
+def test_a_counter_tally_adds_its_count_once_flushed():
+    registry = CollectorRegistry()
+    counter = Counter("hits", "", registry=registry)
+    tally = Tally(counter)
+    tally.count += 2
+    tally.add(0.5)
+    assert registry.get_sample_value("hits_total") == 0.0
+    tally.flush()
+    tally.flush()
+    assert registry.get_sample_value("hits_total") == 2.5
+
+
+def test_a_gauge_tally_sets_the_latest_value_once_flushed():
+    registry = CollectorRegistry()
+    gauge = Gauge("level", "", registry=registry)
+    tally = GaugeTally(gauge)
+    tally.add(3.0)
+    tally.add(1.0)
+    tally.flush()
+    gauge.set(7.0)
+    tally.flush()  # nothing new to set: the gauge keeps what it was set to meanwhile
+    assert registry.get_sample_value("level") == 7.0
