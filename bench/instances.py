@@ -35,12 +35,12 @@ async def per_request(
     answer: bytes = b"{}",
 ) -> float:
     """Seconds per request through a chain of ``processor``, requests one after another."""
-    chain, calls = Chain([processor]), CallClient()
+    chain, calls, scheduler = Chain([processor]), CallClient(), runtime.scheduler()
     facts = RequestFacts("POST", "/v1/chat/completions", "", "bench", "bench", "", "127.0.0.1")
 
     async def one() -> None:
         exchange = new_exchange(facts, CIMultiDict(headers or {}), "http://upstream.test", 1)
-        run = ChainRun(chain, facts, exchange, runtime, calls)
+        run = ChainRun(chain, facts, exchange, runtime, scheduler, calls)
         await run.process_request(b"{}")
         await run.process_response(200, CIMultiDict({"content-type": "application/json"}), answer)
         await run.finish()

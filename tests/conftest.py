@@ -88,7 +88,7 @@ async def drive(
     facts = RequestFacts("POST", "/v1/chat/completions", "", "req-1", "test", "", "127.0.0.1")
     exchange = new_exchange(facts, CIMultiDict(headers or {}), "http://upstream.test", len(processors))
     client = CallClient()
-    run = ChainRun(Chain(processors), facts, exchange, runtime, client)
+    run = ChainRun(Chain(processors), facts, exchange, runtime, runtime.scheduler(), client)
     try:
         forwarded = await run.process_request(body)
         upstream_headers = CIMultiDict(exchange.request_headers())

@@ -67,7 +67,9 @@ async def test_requests_at_once_get_instances_of_their_own(runtime):
     chain, client = Chain([processor]), CallClient()
     facts = RequestFacts("GET", "/", "", "req", "test", "", "127.0.0.1")
     runs = [
-        ChainRun(chain, facts, new_exchange(facts, CIMultiDict(), "http://up.test", 1), runtime, client)
+        ChainRun(
+            chain, facts, new_exchange(facts, CIMultiDict(), "http://up.test", 1), runtime, runtime.scheduler(), client
+        )
         for _ in range(8)
     ]
     for run in runs:  # all eight in flight at once: each holds its instance until it finishes

@@ -36,7 +36,7 @@ from typing import TypeVar
 from multidict import CIMultiDict
 
 from ..config import FailureMode
-from ..runtime import Action, Cause, Exchange, Hook, ProcessorFailure, Runtime, Sandbox, Snapshot
+from ..runtime import Action, Cause, Exchange, Hook, ProcessorFailure, Runtime, Sandbox, Scheduler, Snapshot
 from .exchange import LocalResponse, RequestFacts
 from .processors import Processor
 from .subrequests import CallClient, Caller
@@ -54,8 +54,10 @@ class Chain:
     def __init__(self, processors: Sequence[Processor]) -> None:
         self.processors = tuple(processors)
         self.hooks: frozenset[Hook] = frozenset().union(*(p.hooks for p in self.processors))
-        self.takers = {hook: tuple(i for i, p in enumerate(self.processors) if p.wants(hook)) for hook in Hook}
-        """The processors that take part in each hook, by place on the route."""
+        takers = {hook: tuple(i for i, p in enumerate(self.processors) if p.wants(hook)) for hook in Hook}
+        self.order = {hook: indices if hook in REQUEST_PATH else indices[::-1] for hook, indices in takers.items()}
+        """The processors that take part in each hook, in the order they run: request hooks in route
+        order, the others in reverse."""
         self.buffers_request = self._buffer_limit(Hook.REQUEST_BODY)
         self.buffers_response = self._buffer_limit(Hook.RESPONSE_BODY)
         self.hooks_request_body = any(p.wants(Hook.REQUEST_BODY) for p in self.processors)
@@ -87,17 +89,19 @@ class ChainRun:
         facts: RequestFacts,
         exchange: Exchange,
         runtime: Runtime,
+        scheduler: Scheduler,
         client: CallClient,
         depth: int = 0,
     ) -> None:
-        """``depth``: how many gateways' sub-requests led to this request."""
+        """``scheduler``: the serving event loop's (``Runtime.scheduler``). ``depth``: how many gateways'
+        sub-requests led to this request."""
         self.chain = chain
         self.facts = facts
         self.exchange = exchange
         self.runtime = runtime
         self.client = client
         self.depth = depth
-        self._scheduler = runtime.scheduler()
+        self._scheduler = scheduler
         self._outcomes = [Outcome() for _ in chain.processors]
         self.interrupt: LocalResponse | None = None
         """Set when a streamed request body was stopped by a local response."""
@@ -227,12 +231,12 @@ class ChainRun:
     # -- phases ---------------------------------------------------------------------
 
     def _order(self, hook: Hook) -> Iterable[int]:
-        """The processors that take part in ``hook`` here: request hooks in route order, the others in
-        reverse order, below the processor that answered, if one did."""
-        takers = self.chain.takers[hook]
-        if hook in REQUEST_PATH:
-            return takers
-        return [i for i in reversed(takers) if i < self._span]
+        """The processors that take part in ``hook`` here: in the chain's order, below the processor
+        that answered, if one did."""
+        order = self.chain.order[hook]
+        if self._span == len(self.chain.processors) or hook in REQUEST_PATH:
+            return order
+        return [i for i in order if i < self._span]
 
     async def _headers(self, hook: Hook, end_of_stream: bool) -> LocalResponse | None:
         for i in self._order(hook):
@@ -268,7 +272,7 @@ class ChainRun:
 
     async def _run_done(self) -> None:
         self._done = True
-        for i in reversed(self.chain.takers[Hook.DONE]):
+        for i in self.chain.order[Hook.DONE]:
             if i < self._reached and not self._dropped[i]:
                 await self._call(i, Hook.DONE, None, True)
         self._close()
@@ -428,7 +432,7 @@ class ChainRun:
         self.exchange.set_response(response.status, response.headers)
 
     def _close(self) -> None:
-        """The request is over: its sandboxes go back to their pools, or are discarded."""
+        """The request is over: its sandboxes go back to their pools, or are discarded (a failed one was already)."""
         for i, sandbox in enumerate(self._sandboxes):
             if sandbox is not None:
                 processor = self.chain.processors[i]

@@ -35,14 +35,13 @@ class SandboxPool:
         return self._idle.pop() if self._idle else None  # the most recently used: its memory is warm
 
     def give_back(self, sandbox: Sandbox) -> bool:
-        """Keeps ``sandbox`` for a later request; False when it must be discarded instead."""
+        """Keeps ``sandbox``, which served a request without failing, for a later request; False when it
+        must be discarded instead."""
         sandbox.requests_served += 1
-        limit = self._config.max_memory
-        if not sandbox.alive or sandbox.requests_served >= self._config.max_requests:
+        config = self._config
+        if sandbox.requests_served >= config.max_requests or len(self._idle) >= config.size:
             return False
-        if limit is not None and sandbox.memory_size > limit:
-            return False
-        if len(self._idle) >= self._config.size:
+        if config.max_memory is not None and sandbox.memory_size > config.max_memory:
             return False
         sandbox.unbind()
         self._idle.append(sandbox)

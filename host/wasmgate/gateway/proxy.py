@@ -23,7 +23,7 @@ from .. import logs
 from ..config import UpstreamConfig
 from ..metrics import REQUESTS
 from ..metrics import flush as flush_metrics
-from ..runtime import Runtime
+from ..runtime import Runtime, Scheduler
 from .chain import BodySource, ChainRun, StreamAborted
 from .exchange import MANAGED_HEADERS, Exchange, LocalResponse, RequestFacts, new_exchange
 from .routing import Route, match, upstream_url
@@ -52,8 +52,10 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._in_flight = 0
         self._flusher: asyncio.Task[None] | None = None
+        self._scheduler: Scheduler | None = None  # the serving loop's, from start
 
     async def start(self) -> None:
+        self._scheduler = self.runtime.scheduler()
         connector = aiohttp.TCPConnector(limit=self._upstream.max_connections, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -104,7 +106,8 @@ class Gateway:
         )
         headers = _forwardable(request, request_id, client)
         exchange = new_exchange(facts, headers, route.upstream, len(route.chain.processors))
-        run = ChainRun(route.chain, facts, exchange, self.runtime, self.calls, depth)
+        assert self._scheduler is not None, "the gateway serves once started"
+        run = ChainRun(route.chain, facts, exchange, self.runtime, self._scheduler, self.calls, depth)
         response: web.StreamResponse | None = None
         try:
             response = await self._proxy(request, route, run)

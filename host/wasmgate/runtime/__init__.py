@@ -10,6 +10,7 @@ from .engine import CompiledModule, ModuleError, Runtime
 from .failures import Cause, ProcessorFailure
 from .host import Counter, Host
 from .sandbox import Sandbox
+from .scheduler import Scheduler
 
 Guest = _core.Guest
 """A processor as its sandboxes see it: module, config and limits (the core's)."""
@@ -38,5 +39,6 @@ __all__ = [
     "ProcessorFailure",
     "Runtime",
     "Sandbox",
+    "Scheduler",
     "Snapshot",
 ]

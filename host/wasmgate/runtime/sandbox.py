@@ -217,10 +217,6 @@ class Sandbox:
     # -- the instance ------------------------------------------------------------------------
 
     @property
-    def alive(self) -> bool:
-        return self._core.alive
-
-    @property
     def peak_memory(self) -> int:
         return self._core.peak_memory
 

@@ -237,11 +237,6 @@ impl PySandbox {
         self.sandbox().close();
     }
 
-    #[getter]
-    fn alive(&mut self) -> bool {
-        self.sandbox().alive()
-    }
-
     /// The largest guest memory this instance had.
     #[getter]
     fn peak_memory(&mut self) -> usize {
