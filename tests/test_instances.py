@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
+import pytest
 from multidict import CIMultiDict
 
-from wasmgate.gateway import CallClient, Chain, ChainRun, RequestFacts, new_exchange
+from wasmgate.gateway import CallClient, Chain, ChainRun, LocalResponse, RequestFacts, new_exchange
+from wasmgate.runtime import Runtime
 
 from .conftest import drive, make_processor
 from .wat import guest
@@ -80,3 +85,29 @@ async def test_requests_at_once_get_instances_of_their_own(runtime):
     assert counts == ["1"] * 8  # eight instances, each serving its first request
     kept = [processor.pool.take() for _ in range(5)]
     assert [sandbox is not None for sandbox in kept] == [True] * 4 + [False]  # pool.size of them were kept
+
+
+async def test_requests_past_the_instance_slots_fail_with_overloaded_until_slots_free(tmp_path):
+    runtime = Runtime(cache_dir=tmp_path, max_instances=2)
+    processor = make_processor(runtime, COUNTS_REQUESTS, instances="pooled")
+    chain, client = Chain([processor]), CallClient()
+    facts = RequestFacts("GET", "/", "", "req", "test", "", "127.0.0.1")
+
+    def run() -> ChainRun:
+        return ChainRun(
+            chain, facts, new_exchange(facts, CIMultiDict(), "http://up.test", 1), runtime, runtime.scheduler(), client
+        )
+
+    runs = [run() for _ in range(4)]  # all in flight at once: each holds its instance until it finishes
+    outcomes = [await r.process_request(b"") for r in runs]
+    refused = [json.loads(o.body)["error"] for o in outcomes if isinstance(o, LocalResponse)]
+    assert len(refused) >= 2  # two slots for four requests
+    assert {(e["cause"], e["phase"]) for e in refused} == {("overloaded", "init")}
+    for r in runs:
+        await r.finish()
+    for _ in range(100):  # the core frees the slots of finished instances on a thread of its own
+        if (await drive(runtime, [processor])).reached_upstream:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail("no slot came free")

@@ -98,6 +98,21 @@ async def test_after_a_timeout_the_next_request_on_the_same_processor_succeeds(r
     await assert_fails_then_serves(runtime, processor, "timeout")
 
 
+def test_a_start_function_that_spins_fails_loading_with_timeout(runtime):
+    spinning_start = guest(extra=f"(func $spin {SPIN}) (start $spin)")
+    with pytest.raises(ProcessorFailure) as raised:
+        make_processor(runtime, spinning_start, timeouts={"init": "30ms"})
+    assert raised.value.cause is Cause.TIMEOUT
+
+
+def test_a_host_call_from_a_start_function_is_an_abi_violation(runtime):
+    logging_start = guest(extra="(func $hello i32.const 2 {s:msg} call $log) (start $hello)", strings={"msg": "hi"})
+    with pytest.raises(ProcessorFailure) as raised:
+        make_processor(runtime, logging_start)
+    assert raised.value.cause is Cause.ABI_VIOLATION
+    assert "start function" in raised.value.detail
+
+
 def test_a_guest_spinning_in_init_fails_loading_with_timeout(runtime):
     with pytest.raises(ProcessorFailure) as raised:
         make_processor(runtime, guest(init=SPIN), timeouts={"init": "30ms"})
@@ -247,6 +262,9 @@ async def test_a_trap_fails_with_trap_and_wasmtimes_reason(runtime):
         ("i32.const 9 {s:name} call $remove-header i32.const 0", "not a valid Message"),
         ("i32.const 0 {s:content-length} {s:name} call $set-header i32.const 0", "managed by the gateway"),
         ("i32.const 0 {s:name} {s:crlf} call $set-header i32.const 0", "CR, LF or NUL"),
+        ("i32.const 0 {s:name} {s:ctrl} call $set-header i32.const 0", "control character 0x01"),
+        ("i32.const 0 {s:name} {s:del} call $set-header i32.const 0", "control character 0x7f"),
+        ("i32.const 0 {s:name} {s:padded} call $set-header i32.const 0", "starts or ends with whitespace"),
         ("i32.const 0 {s:space} {s:name} call $set-header i32.const 0", "not a valid header name"),
         ("i32.const 1 {s:name} {s:name} call $set-header i32.const 0", "no response"),
         ("{s:name} call $replace-body i32.const 0", "has no body"),
@@ -266,6 +284,9 @@ async def test_abi_misuse_fails_with_abi_violation(runtime, hook_body, reason):
         "bad-utf8": b"x-\xff",
         "content-length": "content-length",
         "crlf": "a\r\nb",
+        "ctrl": "a\x01b",
+        "del": "a\x7fb",
+        "padded": " a",
         "space": "a b",
     }
     processor = make_processor(runtime, guest(request_headers=hook_body, strings=strings))

@@ -120,6 +120,20 @@ async def test_a_counter_starts_again_when_its_window_ends(runtime, state):
     assert (await add(runtime, processor))[0] == 1
 
 
+async def test_an_add_past_a_counters_range_is_an_abi_violation_and_changes_nothing(runtime, state):
+    big = 2**52
+    processor = make_processor(runtime, counting(delta=big), name="overflowing", state=state)
+    assert (await add(runtime, processor))[0] == big
+    driven = await drive(runtime, [processor])  # 2^53: out of range
+    error = json.loads(driven.body)["error"]
+    assert (error["cause"], error["message"]) == (
+        "abi_violation",
+        f"counter-add: {big} + {big} is out of a counter's range (±2^53)",
+    )
+    check = make_processor(runtime, counting(delta=0), name="overflowing", state=state)
+    assert (await add(runtime, check))[0] == big
+
+
 async def test_processors_never_share_keys(runtime, state):
     first = make_processor(runtime, counting(), state=state)
     second = make_processor(runtime, counting(), state=state)

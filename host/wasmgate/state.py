@@ -49,6 +49,14 @@ class StateUnavailable(Exception):
     """The backend did not answer, or failed; the message says which and why."""
 
 
+COUNTER_RANGE = 2**53
+"""Counters hold integers of magnitude below this on every backend (Redis computes in Lua's doubles)."""
+
+
+class CounterOutOfRange(Exception):
+    """An add would take a counter out of ``COUNTER_RANGE``: it is not made."""
+
+
 @dataclass(frozen=True, slots=True)
 class Counter:
     value: int
@@ -136,6 +144,8 @@ class MemoryState:
             row = db.execute("SELECT value, window_end FROM counters WHERE key = ?", (key,)).fetchone()
             value, window_end = (row[0], row[1]) if row is not None and row[1] > now else (0, now + window_ms)
             new = value + delta
+            if abs(new) >= COUNTER_RANGE:
+                raise CounterOutOfRange(f"{value} + {delta} is out of a counter's range (±2^53)")
             applied = limit is None or new <= limit
             if applied:
                 db.execute("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)", (key, new, window_end))
@@ -169,6 +179,9 @@ if ttl < 0 then
   ttl = tonumber(ARGV[2])
 end
 local new = value + tonumber(ARGV[1])
+if new >= 9007199254740992 or new <= -9007199254740992 then
+  return {value, ttl, 2}
+end
 if ARGV[3] ~= '' and new > tonumber(ARGV[3]) then
   return {value, ttl, 0}
 end
@@ -243,6 +256,8 @@ class RedisState:
             except NoScriptError:  # the server lost its scripts (a restart): load it again
                 self._script = None
                 value, ttl, applied = await client.evalsha(await self._counter_script(client), 1, b"c:" + key, *args)
+        if applied == 2:  # the script's mark for an add out of range
+            raise CounterOutOfRange(f"{value} + {delta} is out of a counter's range (±2^53)")
         return Counter(int(value), int(ttl), bool(applied))
 
     async def kv_get(self, key: bytes, timeout: float) -> bytes | None:

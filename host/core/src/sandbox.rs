@@ -544,3 +544,47 @@ fn judge(state: &InstanceState, action: u32) -> Outcome {
 fn waits_on_calls(state: &InstanceState) -> bool {
     state.binding.as_ref().is_some_and(|binding| binding.exchange.lock().scopes[binding.index].calls.has_started())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calls::CallPolicy;
+    use crate::engine::Engine;
+
+    fn sandbox() -> Sandbox {
+        let engine = Engine::new(4, Duration::from_millis(1)).expect("an engine");
+        let processor = wat::parse_str(format!(
+            r#"(module (memory (export "memory") 1)
+              (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) i32.const 8)
+              (func (export "{h}#init") (param i32 i32) (result i32) i32.const 0)
+              (func (export "{h}#on-request-headers") (param i32) (result i32) i32.const 0)
+              (func (export "{h}#on-request-body") (param i32 i32 i32) (result i32) i32.const 0)
+              (func (export "{h}#on-response-headers") (param i32) (result i32) i32.const 0)
+              (func (export "{h}#on-response-body") (param i32 i32 i32) (result i32) i32.const 0)
+              (func (export "{h}#on-resume") (result i32) i32.const 0)
+              (func (export "{h}#on-done")))"#,
+            h = crate::abi::HANDLER
+        ))
+        .expect("WAT");
+        let module = engine.compile("p", &processor).expect("a processor");
+        let policy = CallPolicy::new([], 1, Duration::from_secs(1));
+        let guest = Guest::new("p".into(), module, b"{}".to_vec(), [Duration::from_millis(100); 6], 1 << 20, policy);
+        engine.maker().sandbox(Arc::new(guest))
+    }
+
+    #[test]
+    fn a_panic_in_the_host_fails_the_sandbox_with_host_error() {
+        let mut sandbox = sandbox();
+        fn host_call() -> (Box<Parts>, Outcome) {
+            panic!("a host call went wrong")
+        }
+        let panicking: Running = Box::pin(async { host_call() });
+        sandbox.slot = Slot::Running(panicking);
+        assert_eq!(sandbox.poll(), Status::Failed);
+        let failure = sandbox.failure().expect("a failure");
+        assert_eq!(failure.cause, Cause::HostError);
+        assert!(failure.detail.contains("a host call went wrong"), "{}", failure.detail);
+        assert!(!sandbox.alive());
+        assert_eq!(sandbox.call(Hook::RequestHeaders, None, false), Status::Failed, "it stays failed");
+    }
+}

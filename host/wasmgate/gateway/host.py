@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from ..metrics import GUEST_LOG_DROPPED, GuestMetrics
 from ..runtime import Cause, Counter, MetricKind, ProcessorFailure
-from ..state import State, StateUnavailable
+from ..state import CounterOutOfRange, State, StateUnavailable
 
 T = TypeVar("T")
 
@@ -41,6 +41,8 @@ class ProcessorHost:
             raise ProcessorFailure(Cause.TIMEOUT, f"{call}: the phase's deadline passed") from None
         except StateUnavailable as error:
             raise ProcessorFailure(Cause.STATE_UNAVAILABLE, f"{call}: {error}") from None
+        except CounterOutOfRange as error:
+            raise ProcessorFailure(Cause.ABI_VIOLATION, f"{call}: {error}") from None
 
     async def counter_add(self, key: bytes, delta: int, window_ms: int, limit: int | None, timeout: float) -> Counter:
         state = self._backend("counter-add")
