@@ -54,9 +54,11 @@ def guest_wat(
     memory_pages: int = 1,
     strings: dict[str, str | bytes] | None = None,
     headers: dict[str, list[tuple[str, str]]] | None = None,
+    imports: str = "",
     extra: str = "",
 ) -> str:
-    """The WAT text of a guest; hook bodies are instructions leaving an action."""
+    """The WAT text of a guest; hook bodies are instructions leaving an action; ``imports`` adds imports
+    (WASI's, say), ``extra`` more definitions."""
     layout: dict[str, tuple[int, int]] = {}
     data = []
     offset = 1024
@@ -80,8 +82,9 @@ def guest_wat(
         place(f"h:{name}", struct.pack(f"<{len(flat)}I", *flat), len(pairs))
     if init is None:
         init = f"i32.const 0 i32.const 0 i32.store8 i32.const 4 i32.const {phases} i32.store8 i32.const 0"
-    imports = "\n".join(f'  (import "{HOST}" "{name}" (func ${name} {sig}))' for name, sig in HOST_CALLS.items())
+    host_imports = "\n".join(f'  (import "{HOST}" "{name}" (func ${name} {sig}))' for name, sig in HOST_CALLS.items())
     text = f"""(module
+{host_imports}
 {imports}
   (memory (export "memory") {memory_pages})
   (global $heap (mut i32) (i32.const {max(offset, 4096)}))
