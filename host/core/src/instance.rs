@@ -123,6 +123,12 @@ impl ResourceLimiter for Quota {
     }
 }
 
+/// The failure of `hook`'s phase past its deadline of `timeout`.
+pub fn deadline_passed(hook: Hook, timeout: Duration) -> Failure {
+    let ms = timeout.as_secs_f64() * 1000.0;
+    Failure::new(Cause::Timeout, format!("{} ran past its {ms} ms deadline", hook.phase()))
+}
+
 /// The data of an instance's store.
 pub struct InstanceState {
     pub guest: Arc<Guest>,
@@ -186,9 +192,7 @@ impl InstanceState {
 
     /// The failure of a phase past its deadline.
     pub fn deadline_passed(&self) -> Failure {
-        let phase = self.phase.unwrap_or(Hook::Init);
-        let ms = self.timeout().as_secs_f64() * 1000.0;
-        Failure::new(Cause::Timeout, format!("{} ran past its {ms} ms deadline", phase.phase()))
+        deadline_passed(self.phase.unwrap_or(Hook::Init), self.timeout())
     }
 
     /// Fails once the deadline has passed: for host calls whose work a guest sizes.

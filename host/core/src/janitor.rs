@@ -131,7 +131,7 @@ impl Stock {
             return;
         }
         let mut sandbox = maker.sandbox(self.guest.clone());
-        let status = match sandbox.start() {
+        let status = match sandbox.start(true) {
             Status::Yielded => sandbox.run_blocking(),
             status => status,
         };

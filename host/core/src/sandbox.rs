@@ -31,7 +31,7 @@ use crate::events::Events;
 use crate::exchange::Exchange;
 use crate::failure::{Cause, Failure, classify};
 use crate::guest::Guest;
-use crate::instance::{Binding, Exports, InstanceState, LocalResponse};
+use crate::instance::{Binding, Exports, InstanceState, LocalResponse, deadline_passed};
 use crate::janitor::Maker;
 use crate::memory::{bytes, le_u32, lower, text};
 use crate::requests::{HostAnswer, HostRequest, Shared};
@@ -101,10 +101,19 @@ enum Slot {
     Gone,
 }
 
+#[derive(Clone, Copy)]
+struct Phase {
+    hook: Hook,
+    deadline: Instant,
+    timeout: Duration,
+}
+
 pub struct Sandbox {
     maker: Maker,
     shared: Arc<Shared>,
     slot: Slot,
+    /// The phase of the call running or paused, and its deadline.
+    phase: Option<Phase>,
     failure: Option<Failure>,
     peak_memory: usize,
     memory_size: usize,
@@ -123,13 +132,14 @@ impl Sandbox {
             if now >= state.deadline {
                 return Err(state.deadline_passed().into());
             }
-            // A tick can land in a trivial call: only a guest that ran a whole tick yields.
-            let whole_tick = now.duration_since(state.shared.lock().slice_started) >= tick;
-            Ok(if whole_tick { UpdateDeadline::Yield(1) } else { UpdateDeadline::Continue(1) })
+            // A tick can land in a trivial call: only a guest that ran half a tick yields, so a
+            // slice is half a tick to a tick and a half, and the loop is never held for two.
+            let ran = now.duration_since(state.shared.lock().slice_started);
+            Ok(if ran >= tick / 2 { UpdateDeadline::Yield(1) } else { UpdateDeadline::Continue(1) })
         });
         store.set_epoch_deadline(1);
         let parts = Box::new(Parts { store, funcs: None });
-        Sandbox { maker, shared, slot: Slot::Idle(parts), failure: None, peak_memory: 0, memory_size: 0 }
+        Sandbox { maker, shared, slot: Slot::Idle(parts), phase: None, failure: None, peak_memory: 0, memory_size: 0 }
     }
 
     pub fn alive(&self) -> bool {
@@ -165,8 +175,11 @@ impl Sandbox {
     // -- calls ---------------------------------------------------------------
 
     /// Makes the instance and runs `_initialize` and `init` with the processor's config, under init's deadline.
-    pub fn start(&mut self) -> Status {
-        self.begin(Hook::Init, |mut parts, deadline| {
+    ///
+    /// Like every call: its deadline starts now; it runs at once when `now`, else it returns
+    /// `Yielded` without running, to be polled in its turn.
+    pub fn start(&mut self, now: bool) -> Status {
+        self.begin(Hook::Init, now, |mut parts, deadline| {
             Box::pin(async move {
                 let outcome = start(&mut parts, deadline).await;
                 (parts, outcome)
@@ -175,8 +188,8 @@ impl Sandbox {
     }
 
     /// Calls `hook`; a body hook gets `body`.
-    pub fn call(&mut self, hook: Hook, body: Option<Body>, end_of_stream: bool) -> Status {
-        self.begin(hook, |mut parts, deadline| {
+    pub fn call(&mut self, hook: Hook, body: Option<Body>, end_of_stream: bool, now: bool) -> Status {
+        self.begin(hook, now, |mut parts, deadline| {
             Box::pin(async move {
                 let outcome = run_hook(&mut parts, hook, body, end_of_stream, deadline).await;
                 (parts, outcome)
@@ -185,13 +198,15 @@ impl Sandbox {
     }
 
     /// Calls `on-resume` for a paused `hook`, in what is left of its deadline.
-    pub fn resume(&mut self, hook: Hook) -> Status {
+    pub fn resume(&mut self, hook: Hook, now: bool) -> Status {
         let parts = match self.take_idle("resume") {
             Ok(parts) => parts,
             Err(failed) => return failed,
         };
-        if Instant::now() >= parts.store.data().deadline {
-            let failure = parts.store.data().deadline_passed();
+        let state = parts.store.data();
+        self.phase = Some(Phase { hook, deadline: state.deadline, timeout: state.guest.timeouts[hook.index()] });
+        if Instant::now() >= state.deadline {
+            let failure = state.deadline_passed();
             self.slot = Slot::Idle(parts);
             return self.fail(failure);
         }
@@ -200,7 +215,7 @@ impl Sandbox {
             let outcome = resume(&mut parts, hook).await;
             (parts, outcome)
         }));
-        self.poll()
+        if now { self.poll() } else { Status::Yielded }
     }
 
     /// The idle instance, taken out to run a call; the sandbox fails when it has none.
@@ -214,14 +229,28 @@ impl Sandbox {
         }
     }
 
-    fn begin(&mut self, hook: Hook, make: impl FnOnce(Box<Parts>, Instant) -> Running) -> Status {
+    fn begin(&mut self, hook: Hook, now: bool, make: impl FnOnce(Box<Parts>, Instant) -> Running) -> Status {
         let parts = match self.take_idle(hook.phase()) {
             Ok(parts) => parts,
             Err(failed) => return failed,
         };
-        let deadline = Instant::now() + parts.store.data().guest.timeouts[hook.index()];
+        let timeout = parts.store.data().guest.timeouts[hook.index()];
+        let deadline = Instant::now() + timeout;
+        self.phase = Some(Phase { hook, deadline, timeout });
         self.slot = Slot::Running(make(parts, deadline));
-        self.poll()
+        if now { self.poll() } else { Status::Yielded }
+    }
+
+    /// Fails a call that yielded once its phase's deadline has passed, without running it again:
+    /// for a call waiting for its turn. `Yielded` while it may run on.
+    pub fn expire(&mut self) -> Status {
+        match (&self.slot, self.phase) {
+            (Slot::Running(_), Some(phase)) if Instant::now() >= phase.deadline => {
+                self.fail(deadline_passed(phase.hook, phase.timeout))
+            }
+            (Slot::Running(_), _) => Status::Yielded,
+            _ => Status::Failed,
+        }
     }
 
     /// Runs the call on until it finishes, yields, or waits for the gateway.
@@ -375,10 +404,7 @@ impl Sandbox {
 
     /// What is left of the running (or paused) phase's deadline.
     pub fn remaining(&self) -> Duration {
-        match &self.slot {
-            Slot::Idle(parts) => parts.store.data().deadline.saturating_duration_since(Instant::now()),
-            _ => Duration::ZERO,
-        }
+        self.phase.map_or(Duration::ZERO, |phase| phase.deadline.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -585,6 +611,6 @@ mod tests {
         assert_eq!(failure.cause, Cause::HostError);
         assert!(failure.detail.contains("a host call went wrong"), "{}", failure.detail);
         assert!(!sandbox.alive());
-        assert_eq!(sandbox.call(Hook::RequestHeaders, None, false), Status::Failed, "it stays failed");
+        assert_eq!(sandbox.call(Hook::RequestHeaders, None, false, true), Status::Failed, "it stays failed");
     }
 }

@@ -81,7 +81,7 @@ fn started(wat: &str, timeout_ms: u64) -> (Sandbox, Exchange) {
 
 /// Starts the sandbox, polling through its yields.
 fn start(sandbox: &mut Sandbox) -> Status {
-    match sandbox.start() {
+    match sandbox.start(true) {
         Status::Yielded => sandbox.run_blocking(),
         status => status,
     }
@@ -100,14 +100,14 @@ fn finish(sandbox: &mut Sandbox, mut status: Status) -> (Status, u32) {
 fn a_hook_changes_the_exchange_through_host_calls() {
     let set = "i32.const 0 i32.const 1024 i32.const 6 i32.const 1040 i32.const 5 call $set-header i32.const 0";
     let (mut sandbox, exchange) = started(&guest(set, "i32.const 0"), 100);
-    assert_eq!(sandbox.call(Hook::RequestHeaders, None, false), Status::Done(0));
+    assert_eq!(sandbox.call(Hook::RequestHeaders, None, false, true), Status::Done(0));
     assert_eq!(exchange.lock().request_headers.get("X-Name"), Some("value"));
 }
 
 #[test]
 fn a_spinning_guest_yields_every_tick_until_its_deadline_cuts_it() {
     let (mut sandbox, _) = started(&guest(SPIN, "i32.const 0"), 50);
-    let first = sandbox.call(Hook::RequestHeaders, None, false);
+    let first = sandbox.call(Hook::RequestHeaders, None, false, true);
     let (status, yields) = finish(&mut sandbox, first);
     assert_eq!(status, Status::Failed);
     let failure = sandbox.failure().unwrap();
@@ -121,7 +121,7 @@ fn a_spinning_guest_yields_every_tick_until_its_deadline_cuts_it() {
 fn a_guest_growing_past_its_quota_fails_with_memory_limit() {
     let grow = "i32.const 32 memory.grow drop i32.const 0";
     let (mut sandbox, _) = started(&guest(grow, "i32.const 0"), 100);
-    assert_eq!(sandbox.call(Hook::RequestHeaders, None, false), Status::Failed);
+    assert_eq!(sandbox.call(Hook::RequestHeaders, None, false, true), Status::Failed);
     let failure = sandbox.failure().unwrap();
     assert_eq!(failure.cause, Cause::MemoryLimit);
     assert!(failure.detail.contains("over its 1.0 MiB quota"), "{}", failure.detail);
@@ -132,7 +132,7 @@ fn a_body_is_copied_into_guest_memory() {
     // Replaces the body with its own first three bytes.
     let echo = "local.get 0 i32.const 3 call $replace-body i32.const 0";
     let (mut sandbox, _) = started(&guest("i32.const 0", echo), 100);
-    let status = sandbox.call(Hook::RequestBody, Some(Body::owned(b"hello".to_vec())), true);
+    let status = sandbox.call(Hook::RequestBody, Some(Body::owned(b"hello".to_vec())), true, true);
     assert_eq!(status, Status::Done(0));
     assert_eq!(sandbox.take_body(), Some(b"hel".to_vec()));
 }
@@ -142,7 +142,7 @@ fn a_state_call_waits_for_the_gateways_answer() {
     let add = "i32.const 1056 i32.const 7 i64.const 5 i32.const 1000 i32.const 0 i64.const 0 i32.const 2048 \
                call $counter-add i32.const 2048 i64.load i32.wrap_i64 i32.const 100 i32.add";
     let (mut sandbox, _) = started(&guest(add, "i32.const 0"), 1000);
-    assert_eq!(sandbox.call(Hook::RequestHeaders, None, false), Status::Waiting);
+    assert_eq!(sandbox.call(Hook::RequestHeaders, None, false, true), Status::Waiting);
     let Some(HostRequest::CounterAdd { key, delta, window_ms, limit, .. }) = sandbox.request() else {
         panic!("a counter-add request")
     };

@@ -57,11 +57,9 @@ class Sandbox:
     async def start(self) -> int:
         """Makes the instance and runs ``init`` with the processor's config; returns the phases it chose."""
         scheduler = self._scheduler or self._running_scheduler()
-        if scheduler.free:
-            status = scheduler.ran(self._core.start())
-        else:
-            status = await scheduler.later(self._core.start)
-        return status if status < _core.EVENTS else await self._settle(status, scheduler)
+        free = scheduler.free
+        status = self._core.start(free)
+        return status if status < _core.EVENTS else await self._settle(status, scheduler, free)
 
     def start_blocking(self) -> int:
         """``start`` for a caller with no event loop (loading processors): the guest runs without the GIL."""
@@ -82,38 +80,37 @@ class Sandbox:
     async def run(self, hook: Hook, body: bytes | None = None, end_of_stream: bool = True) -> int:
         """Runs one hook; returns its action (checked by the core: continue, respond or pause)."""
         scheduler = self._scheduler or self._running_scheduler()
-        if scheduler.free:
-            status = self._core.call(hook.value, body, end_of_stream)
-            if status < _core.EVENTS:  # finished, nothing to drain: nearly every hook
-                return status
-            scheduler.ran(status)
-        else:
-            status = await scheduler.later(lambda: self._core.call(hook.value, body, end_of_stream))
-        return await self._settle(status, scheduler)
+        free = scheduler.free
+        status = self._core.call(hook.value, body, end_of_stream, free)
+        if status < _core.EVENTS:  # finished, nothing to drain: nearly every hook
+            return status
+        return await self._settle(status, scheduler, free)
 
     async def resume(self, hook: Hook) -> int:
         """Runs ``on-resume`` for a paused ``hook``, in what is left of its deadline; returns the action."""
         scheduler = self._scheduler or self._running_scheduler()
-        if scheduler.free:
-            status = scheduler.ran(self._core.resume(hook.value))
-        else:
-            status = await scheduler.later(lambda: self._core.resume(hook.value))
-        return status if status < _core.EVENTS else await self._settle(status, scheduler)
+        free = scheduler.free
+        status = self._core.resume(hook.value, free)
+        return status if status < _core.EVENTS else await self._settle(status, scheduler, free)
 
     def _running_scheduler(self) -> Scheduler:
         self._scheduler = self._runtime.scheduler()
         return self._scheduler
 
-    async def _settle(self, status: int, scheduler: Scheduler) -> int:
-        """Drives a call that yielded, waits for the gateway, failed or left events, to its end."""
+    async def _settle(self, status: int, scheduler: Scheduler, ran: bool) -> int:
+        """Drives a call that yielded (or, unless it ``ran``, waits for a turn to run), waits for the
+        gateway, failed or left events, to its end."""
+        if ran:
+            scheduler.ran(status)
         while True:
             if status & _core.EVENTS:
                 self._drain()
             if status & _core.YIELDED:
-                status = await scheduler.slice(self._core)
+                status = await scheduler.wait(self._core, ran)
             elif status & _core.WAITING:
                 await self._answer(self._core.request())
-                status = scheduler.ran(self._core.poll()) if scheduler.free else await scheduler.later(self._core.poll)
+                ran = scheduler.free
+                status = scheduler.ran(self._core.poll()) if ran else _core.YIELDED
             elif status & _core.FAILED:
                 raise self._failure()
             else:

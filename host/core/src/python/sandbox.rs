@@ -82,15 +82,17 @@ impl PySandbox {
     }
 
     /// Makes the instance and runs `init` with the processor's config; its value is the phases `init` chose.
-    fn start(&mut self) -> u32 {
-        let status = self.sandbox().start();
+    /// Every call's deadline starts when it is made; it runs at once when `now`, else it is
+    /// `YIELDED` without running, to be polled in its turn.
+    fn start(&mut self, now: bool) -> u32 {
+        let status = self.sandbox().start(now);
         self.code(status)
     }
 
     /// `start`, polled through every yield without the GIL: for callers with no event loop.
     fn start_blocking(&mut self, py: Python<'_>) -> u32 {
         let sandbox = self.sandbox();
-        let status = py.detach(|| match sandbox.start() {
+        let status = py.detach(|| match sandbox.start(true) {
             Status::Yielded => sandbox.run_blocking(),
             status => status,
         });
@@ -98,8 +100,8 @@ impl PySandbox {
     }
 
     /// Calls hook number `hook`; body hooks read `body`, which must stay unchanged meanwhile.
-    #[pyo3(signature = (hook, body, end_of_stream))]
-    fn call(&mut self, hook: u8, body: Option<Bound<'_, PyBytes>>, end_of_stream: bool) -> PyResult<u32> {
+    #[pyo3(signature = (hook, body, end_of_stream, now))]
+    fn call(&mut self, hook: u8, body: Option<Bound<'_, PyBytes>>, end_of_stream: bool, now: bool) -> PyResult<u32> {
         let hook = self::hook(hook)?;
         let body = body.map(|bytes| {
             let data = bytes.as_bytes();
@@ -107,20 +109,26 @@ impl PySandbox {
             // SAFETY: a bytes object is immutable, and the Py reference kept with the Body keeps it alive.
             unsafe { Body::borrowed(ptr, len, Box::new(bytes.unbind())) }
         });
-        let status = self.sandbox().call(hook, body, end_of_stream);
+        let status = self.sandbox().call(hook, body, end_of_stream, now);
         Ok(self.code(status))
     }
 
     /// Calls `on-resume` for the paused `hook`, in what is left of its deadline.
-    fn resume(&mut self, hook: u8) -> PyResult<u32> {
+    fn resume(&mut self, hook: u8, now: bool) -> PyResult<u32> {
         let hook = self::hook(hook)?;
-        let status = self.sandbox().resume(hook);
+        let status = self.sandbox().resume(hook, now);
         Ok(self.code(status))
     }
 
     /// Runs the call on after a yield or an answer.
     fn poll(&mut self) -> u32 {
         let status = self.sandbox().poll();
+        self.code(status)
+    }
+
+    /// Fails a call waiting for its turn once its phase's deadline has passed; `YIELDED` while it may run on.
+    fn expire(&mut self) -> u32 {
+        let status = self.sandbox().expire();
         self.code(status)
     }
 
