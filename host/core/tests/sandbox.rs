@@ -19,6 +19,9 @@ fn engine() -> &'static Engine {
 }
 
 const SPIN: &str = "(loop $forever (br $forever)) unreachable";
+/// Sets the request header `x-name: value`.
+const SET_HEADER: &str =
+    "i32.const 0 i32.const 1024 i32.const 6 i32.const 1040 i32.const 5 call $set-header i32.const 0";
 
 /// A guest asking for every phase whose hooks are the given instructions (each leaving an action).
 fn guest(request_headers: &str, request_body: &str) -> String {
@@ -98,10 +101,33 @@ fn finish(sandbox: &mut Sandbox, mut status: Status) -> (Status, u32) {
 
 #[test]
 fn a_hook_changes_the_exchange_through_host_calls() {
-    let set = "i32.const 0 i32.const 1024 i32.const 6 i32.const 1040 i32.const 5 call $set-header i32.const 0";
-    let (mut sandbox, exchange) = started(&guest(set, "i32.const 0"), 100);
+    let (mut sandbox, exchange) = started(&guest(SET_HEADER, "i32.const 0"), 100);
     assert_eq!(sandbox.call(Hook::RequestHeaders, None, false, true), Status::Done(0));
     assert_eq!(exchange.lock().request_headers.get("X-Name"), Some("value"));
+}
+
+#[test]
+fn a_call_made_for_a_later_turn_runs_only_when_polled() {
+    let (mut sandbox, exchange) = started(&guest(SET_HEADER, "i32.const 0"), 100);
+    assert_eq!(sandbox.call(Hook::RequestHeaders, None, false, false), Status::Yielded);
+    assert_eq!(exchange.lock().request_headers.get("X-Name"), None, "not run yet");
+    assert_eq!(sandbox.poll(), Status::Done(0));
+    assert_eq!(exchange.lock().request_headers.get("X-Name"), Some("value"));
+}
+
+#[test]
+fn a_call_waiting_past_its_deadline_expires_without_running() {
+    let (mut sandbox, exchange) = started(&guest(SET_HEADER, "i32.const 0"), 20);
+    assert_eq!(sandbox.call(Hook::RequestHeaders, None, false, false), Status::Yielded);
+    assert_eq!(sandbox.expire(), Status::Yielded, "within its deadline it may run on");
+    std::thread::sleep(Duration::from_millis(25));
+    assert_eq!(sandbox.expire(), Status::Failed);
+    let failure = sandbox.failure().unwrap();
+    assert_eq!(
+        (failure.cause, failure.detail.as_str()),
+        (Cause::Timeout, "request_headers ran past its 20 ms deadline")
+    );
+    assert_eq!(exchange.lock().request_headers.get("X-Name"), None, "the guest never ran");
 }
 
 #[test]
