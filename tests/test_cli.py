@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from wasmgate.runtime import instances_allowed
+
 from .conftest import free_port
 from .wat import guest
 
@@ -57,6 +59,17 @@ def test_check_runs_each_processors_init(tmp_path: Path):
     assert result.returncode == 1
     assert "processors[1].module: module 'not-wasm' is not valid WebAssembly" in result.stderr
     assert "processors[0]" not in result.stderr
+
+
+def test_check_and_run_refuse_more_instance_slots_than_the_machines_memory_mappings_allow(tmp_path: Path):
+    allowed = instances_allowed()
+    assert allowed is not None, "these tests run on Linux"
+    config = write_config(tmp_path, sandbox={"max_instances": allowed + 1})
+    for command in ("check", "run"):
+        result = wasmgate(command, "--config", str(config))
+        assert result.returncode == 1, command
+        assert f"sandbox.max_instances: {allowed + 1} is more instance slots than" in result.stderr, command
+        assert "Traceback" not in result.stderr
 
 
 def test_config_explain_prints_the_effective_config(tmp_path: Path):

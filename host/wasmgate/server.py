@@ -28,10 +28,10 @@ from pathlib import Path
 from aiohttp import web
 
 from . import logs, metrics
-from .config import Config, StateBackendKind, split_address
+from .config import Config, ConfigError, StateBackendKind, split_address
 from .gateway import Gateway, app, build_routes, load_processors
 from .reload import Reloader, publish
-from .runtime import Runtime
+from .runtime import Runtime, instances_allowed
 from .sources import ModuleCatalog
 from .state import MemoryState, open_state
 
@@ -40,9 +40,24 @@ log = logging.getLogger("wasmgate.server")
 
 def check(config: Config) -> None:
     """Compiles every module, runs every processor's init and reaches the state backend; raises ``ConfigError``."""
+    check_machine(config)
     if config.state.backend is StateBackendKind.REDIS:
         open_state(config.state)
     load_processors(Runtime(cache_dir=config.cache_dir, max_instances=max(64, len(config.processors))), config)
+
+
+def check_machine(config: Config) -> None:
+    """Raises ``ConfigError`` when this machine cannot hold what ``config`` asks for."""
+    allowed = instances_allowed()
+    if allowed is not None and config.sandbox.max_instances > allowed:
+        raise ConfigError(
+            "config",
+            [
+                f"sandbox.max_instances: {config.sandbox.max_instances} is more instance slots than this machine's"
+                f" memory mappings leave room for ({allowed}, from vm.max_map_count); lower it or raise"
+                " vm.max_map_count"
+            ],
+        )
 
 
 def shared_state(config: Config) -> tuple[Config, MemoryState | None]:
@@ -151,6 +166,7 @@ def _run_loop(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
 def run(config: Config, workers: int, config_path: Path | None = None) -> None:
     """Serves ``config``; with ``config_path``, reloads it (and the modules) live."""
+    check_machine(config)
     if workers == 1:
         _run_loop(lambda stop: serve(config, config_path, lambda: None, stop, admin=True))
     else:

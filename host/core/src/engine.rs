@@ -25,7 +25,7 @@ pub struct Engine {
     pub engine: wasmtime::Engine,
     pub linker: Linker<InstanceState>,
     imports: Vec<Import>,
-    /// How often the epoch advances: deadlines hold to within a tick, and a guest yields after a whole one.
+    /// How often the epoch advances: deadlines hold to within a tick, and a guest yields after half of one.
     pub tick: Duration,
     janitor: Janitor,
     _ticker: Ticker,

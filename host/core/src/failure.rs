@@ -105,6 +105,11 @@ pub fn classify(error: wasmtime::Error) -> Failure {
     if error.is::<PoolConcurrencyLimitError>() {
         return Failure::new(Cause::Overloaded, format!("no free instance slot: {error}"));
     }
+    if let Some(errno) = error.downcast_ref::<rustix::io::Errno>() {
+        // The kernel refused to map memory for an instance (a slot, a stack):
+        // the machine's limits, such as vm.max_map_count, not the guest's doing.
+        return Failure::new(Cause::Overloaded, format!("the host could not map memory for the instance: {errno}"));
+    }
     // wasmtime refused something the module asked for (a segment out of
     // bounds at instantiation, say): the guest's doing, not the host's.
     Failure::new(Cause::Trap, format!("{error:#}"))
@@ -149,6 +154,13 @@ mod tests {
         let failure = classify(wasmtime::Error::new(Trap::IntegerDivisionByZero));
         assert_eq!(failure.cause, Cause::Trap);
         assert!(failure.detail.contains("integer divide by zero"), "{}", failure.detail);
+    }
+
+    #[test]
+    fn the_kernel_refusing_memory_for_an_instance_is_overloaded() {
+        let failure = classify(wasmtime::Error::new(rustix::io::Errno::NOMEM));
+        assert_eq!(failure.cause, Cause::Overloaded);
+        assert!(failure.detail.starts_with("the host could not map memory for the instance: "), "{}", failure.detail);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! starts itself; one it cannot have (none ready) it starts itself.
 
 use std::any::Any;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -28,12 +29,20 @@ enum Chore {
     Stop,
 }
 
+/// Drops the janitor may lag behind. Past them the caller drops its own: a
+/// dropped instance holds its slot and its memory mappings until it is
+/// dropped, so a janitor that fell behind a burst would run the machine out
+/// of both.
+const MAX_BEHIND: usize = 64;
+
 /// What makes sandboxes, and sends work to the janitor. Cheap to clone.
 #[derive(Clone)]
 pub struct Maker {
     pub engine: wasmtime::Engine,
     pub tick: Duration,
     chores: Sender<Chore>,
+    /// Drops sent to the janitor and not done yet.
+    behind: Arc<AtomicUsize>,
 }
 
 impl Maker {
@@ -42,9 +51,15 @@ impl Maker {
         Sandbox::new(self.clone(), guest)
     }
 
-    /// Drops `thing` on the janitor's thread, or here once the janitor has stopped.
+    /// Drops `thing` on the janitor's thread; here when the janitor is `MAX_BEHIND` drops behind
+    /// or has stopped.
     pub fn dispose(&self, thing: Box<dyn Any + Send>) {
+        if self.behind.fetch_add(1, Ordering::Relaxed) >= MAX_BEHIND {
+            self.behind.fetch_sub(1, Ordering::Relaxed);
+            return drop(thing);
+        }
         if let Err(unsent) = self.chores.send(Chore::Drop(thing)) {
+            self.behind.fetch_sub(1, Ordering::Relaxed);
             drop(unsent);
         }
     }
@@ -63,7 +78,7 @@ pub struct Janitor {
 impl Janitor {
     pub fn start(engine: wasmtime::Engine, tick: Duration) -> Janitor {
         let (chores, receiver) = channel();
-        let maker = Maker { engine, tick, chores };
+        let maker = Maker { engine, tick, chores, behind: Arc::new(AtomicUsize::new(0)) };
         let working = maker.clone();
         let thread = std::thread::Builder::new()
             .name("wasmgate-janitor".into())
@@ -85,7 +100,10 @@ impl Drop for Janitor {
 fn work(maker: &Maker, chores: Receiver<Chore>) {
     for chore in chores {
         match chore {
-            Chore::Drop(thing) => drop(thing),
+            Chore::Drop(thing) => {
+                drop(thing);
+                maker.behind.fetch_sub(1, Ordering::Relaxed);
+            }
             Chore::Prepare(stock) => {
                 if let Some(stock) = stock.upgrade() {
                     stock.make_one(maker);

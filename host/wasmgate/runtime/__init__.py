@@ -6,7 +6,7 @@ calls on the event loop; ``Scheduler`` keeps long guests from starving it.
 
 from .. import _core
 from .abi import PHASE_OF_HOOK, Action, Hook, LogLevel, MetricKind, Phases
-from .engine import CompiledModule, ModuleError, Runtime
+from .engine import CompiledModule, ModuleError, Runtime, instances_allowed
 from .failures import Cause, ProcessorFailure
 from .host import Counter, Host
 from .sandbox import Sandbox
@@ -41,4 +41,5 @@ __all__ = [
     "Sandbox",
     "Scheduler",
     "Snapshot",
+    "instances_allowed",
 ]

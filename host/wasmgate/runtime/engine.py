@@ -24,8 +24,28 @@ MAX_LINKED = 64
 """Linked modules kept in memory, so a reload links only what changed."""
 
 TICK = 0.001
-"""How often the epoch advances: deadlines hold to within a tick or two, and a guest that ran a whole
+"""How often the epoch advances: deadlines hold to within a tick or two, and a guest that ran half a
 tick yields to the loop (see ``scheduler``)."""
+
+MAPPINGS_PER_INSTANCE = 8
+"""Memory mappings an instance slot may take: its two fiber stacks and their guard pages, made up
+front, and its memory and table once used."""
+
+MAPPINGS_SPARE = 8192
+"""Mappings left for the rest of the process: the interpreter, its libraries, compiled modules."""
+
+
+def instances_allowed() -> int | None:
+    """How many instance slots this machine's ``vm.max_map_count`` leaves room for; None if unknown.
+
+    Past it, making an instance fails with ``overloaded`` long before the slots run out.
+    """
+    try:
+        limit = int(Path("/proc/sys/vm/max_map_count").read_text())
+    except (OSError, ValueError):
+        return None
+    return max(0, (limit - MAPPINGS_SPARE) // MAPPINGS_PER_INSTANCE)
+
 
 ModuleError = _core.ModuleError
 
@@ -42,7 +62,7 @@ class CompiledModule:
 class Runtime:
     """One per process."""
 
-    def __init__(self, cache_dir: Path | None = None, max_instances: int = 10_000, tick: float = TICK) -> None:
+    def __init__(self, cache_dir: Path | None = None, max_instances: int = 1000, tick: float = TICK) -> None:
         """``max_instances``: instances alive at once (the pooling allocator's slots)."""
         self.engine = _core.Engine(max_instances, tick)
         self._cache_dir = cache_dir
