@@ -5,8 +5,9 @@
 1. In one process, 4 guests spin at once (their deadline 300 ms) while
    another process writes the time to a pipe every half millisecond: how
    long each write waits for the event loop to read it, at worst and at the
-   99th percentile, in epoch ticks (idle, the same measure is the baseline).
-2. In one process, N started guests spin at once in a hook with a 50 ms
+   99th percentile, in epoch ticks (idle, the same measure is the baseline);
+   on uvloop, the server's loop, and on asyncio's own.
+2. In one process (on uvloop), N started guests spin at once in a hook with a 50 ms
    deadline, for N from 1 to 64: how far past its deadline each phase ended,
    at worst.
 3. Through a gateway (one worker, a separate process): ``--spinners``
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import uvloop
 import yaml
 from multidict import CIMultiDict
 
@@ -70,7 +72,7 @@ while True:
 """Another process writes the time to a pipe every half millisecond: the loop's latency reading it is its stall."""
 
 
-async def stalls(runtime: Runtime) -> None:
+async def stalls(runtime: Runtime, loop_name: str) -> None:
     chain, client = spinner(runtime, "stall", "300ms"), CallClient()
     await asyncio.sleep(0.1)  # the janitor has instances ready
     pinger = subprocess.Popen([sys.executable, "-c", PINGER], stdout=subprocess.PIPE)
@@ -98,7 +100,7 @@ async def stalls(runtime: Runtime) -> None:
     pinger.kill()
     pinger.wait()
     busy, tick = sorted(latencies), runtime.engine.tick
-    print("How long I/O waits for the event loop (another process writes to a pipe every 0.5 ms):")
+    print(f"How long I/O waits for the event loop, {loop_name} (a process writes to a pipe every 0.5 ms):")
     for label, seen in (("idle", idle), ("while 4 guests spin to a 300 ms deadline", busy)):
         worst, p99 = seen[-1], seen[int(len(seen) * 0.99)]
         print(
@@ -193,8 +195,9 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=0.1)
     args = parser.parse_args()
     runtime = Runtime(cache_dir=Path(tempfile.mkdtemp()))
-    asyncio.run(stalls(runtime))
-    asyncio.run(overruns(runtime))
+    uvloop.run(stalls(runtime, "uvloop"))
+    asyncio.run(stalls(runtime, "asyncio's"))
+    uvloop.run(overruns(runtime))
 
     directory = Path(tempfile.mkdtemp(prefix="wasmgate-bench-"))
     upstream_port, port, admin = free_port(), free_port(), free_port()

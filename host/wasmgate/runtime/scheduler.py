@@ -71,7 +71,9 @@ class Scheduler:
     def _schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            self.loop.call_soon(self._run_turn)
+            # A timer already due, not call_soon: asyncio's loop runs due timers after the I/O
+            # callbacks of the same turn, so I/O that came during a slice is read before the next.
+            self.loop.call_at(self.loop.time(), self._run_turn)
 
     def _run_turn(self) -> None:
         self._scheduled = False
