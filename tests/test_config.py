@@ -109,12 +109,12 @@ def test_explain_prints_every_default_in_the_units_a_user_writes():
         "done": "50ms",
     }
     assert pii["memory_limit"] == "16MiB"
-    assert explained["sandbox"] == {"max_instances": 1000}
+    assert explained["sandbox"] == {"max_instances": 4096}
     assert parse_config(explained) == parse_config(VALID)  # what explain prints is a valid config
 
 
 def test_sandbox_threads_from_an_older_config_is_ignored_with_a_warning(caplog):
     with caplog.at_level("WARNING", logger="wasmgate.config"):
         config = parse_config({**VALID, "sandbox": {"threads": 8}}, source="old.yaml")
-    assert config.sandbox.max_instances == 1000
+    assert config.sandbox.max_instances == 4096
     assert "old.yaml: sandbox.threads is ignored" in caplog.text

@@ -159,7 +159,7 @@ class UpstreamConfig(_Model):
 class SandboxConfig(_Model):
     threads: int | None = Field(None, exclude=True)
     """No longer used: guests run on the event loop. Accepted, with a warning, so older configs load."""
-    max_instances: int = Field(1000, ge=1)
+    max_instances: int = Field(4096, ge=1)
     """Instances alive at once per worker process (the pooling allocator's slots). Each reserves 4 GiB
     of address space and a few memory mappings, so the machine bounds it (``vm.max_map_count``)."""
 

@@ -62,7 +62,7 @@ class CompiledModule:
 class Runtime:
     """One per process."""
 
-    def __init__(self, cache_dir: Path | None = None, max_instances: int = 1000, tick: float = TICK) -> None:
+    def __init__(self, cache_dir: Path | None = None, max_instances: int = 4096, tick: float = TICK) -> None:
         """``max_instances``: instances alive at once (the pooling allocator's slots)."""
         self.engine = _core.Engine(max_instances, tick)
         self._cache_dir = cache_dir
