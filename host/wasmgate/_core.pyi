@@ -2,9 +2,10 @@
 
 Python drives a sandbox with a poll protocol: each call returns a status,
 the call's value (``status & VALUE``) when it finished, or ``YIELDED``
-(the guest ran a whole epoch tick: poll again in its turn), ``WAITING`` (a
-host call asks the gateway something: ``request``, then an ``answer_*``,
-then poll again) or ``FAILED`` (``failure`` says why; the instance is gone).
+(the guest ran half an epoch tick or more, or the call is made but not run
+yet: poll again in its turn), ``WAITING`` (a host call asks the gateway
+something: ``request``, then an ``answer_*``, then poll again) or
+``FAILED`` (``failure`` says why; the instance is gone).
 ``EVENTS`` is set beside any of them when log lines or metric records wait
 (``drain``). A status below ``EVENTS`` is a finished call with nothing to drain.
 """

@@ -71,7 +71,7 @@ pub enum HostAnswer {
 
 #[derive(Debug)]
 pub struct Mailbox {
-    /// When the running slice of guest time began: the epoch callback yields after a whole tick of it.
+    /// When the running slice of guest time began: the epoch callback yields after half a tick of it.
     pub slice_started: Instant,
     request: Option<HostRequest>,
     answer: Option<HostAnswer>,

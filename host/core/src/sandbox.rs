@@ -5,8 +5,9 @@
 //! The caller starts a call and polls it with a no-op waker; a poll returns
 //!
 //! - `Done`: the call finished (its action, or the phases `init` chose);
-//! - `Yielded`: the guest ran a whole epoch tick, so it handed control back;
-//!   poll again when it is its turn;
+//! - `Yielded`: the guest ran half an epoch tick or more, so it handed
+//!   control back (or the call was made not to run yet); poll again when it
+//!   is its turn;
 //! - `Waiting`: a host call asked the gateway something (`request`); answer
 //!   it (`answer`), then poll again;
 //! - `Failed`: the call failed (`failure` says how); the instance is gone.
