@@ -61,6 +61,14 @@ def test_check_runs_each_processors_init(tmp_path: Path):
     assert "processors[0]" not in result.stderr
 
 
+def test_check_passes_a_config_of_many_fresh_instance_processors(tmp_path: Path):
+    # Checking keeps no instance started ahead of need, so its few slots hold every processor's init.
+    (tmp_path / "ok.wasm").write_bytes(guest())
+    config = write_config(tmp_path, processors=[{"name": f"p{i}", "module": "ok"} for i in range(40)])
+    result = wasmgate("check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+
+
 def test_check_and_run_refuse_more_instance_slots_than_the_machines_memory_mappings_allow(tmp_path: Path):
     allowed = instances_allowed()
     assert allowed is not None, "these tests run on Linux"

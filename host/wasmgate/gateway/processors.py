@@ -66,9 +66,17 @@ class Processor:
 
 
 def build_processor(
-    runtime: Runtime, spec: ProcessorConfig, module: CompiledModule, state: State | None = None
+    runtime: Runtime,
+    spec: ProcessorConfig,
+    module: CompiledModule,
+    state: State | None = None,
+    prepared: int = PREPARED,
 ) -> Processor:
-    """Makes a processor and runs its ``init`` once to check it and learn its phases."""
+    """Makes a processor and runs its ``init`` once to check it and learn its phases.
+
+    A fresh-instance processor keeps ``prepared`` instances started ahead of
+    need; a processor that is only checked, not served, keeps none.
+    """
     fallback = None
     if spec.fallback is not None:
         fallback = LocalResponse(spec.fallback.status, list(spec.fallback.headers.items()), spec.fallback.body.encode())
@@ -83,7 +91,7 @@ def build_processor(
         list(calls.allow),
         calls.max_concurrent,
         calls.timeout,
-        PREPARED if spec.instances is InstanceMode.FRESH else 0,
+        prepared if spec.instances is InstanceMode.FRESH else 0,
     )
     host = ProcessorHost(spec.name, state, GuestMetrics(spec.name))
     sandbox = Sandbox(runtime, guest, host)
@@ -111,12 +119,17 @@ def build_processor(
 
 
 def load_processors(
-    runtime: Runtime, config: Config, catalog: ModuleCatalog | None = None, state: State | None = None
+    runtime: Runtime,
+    config: Config,
+    catalog: ModuleCatalog | None = None,
+    state: State | None = None,
+    prepared: int = PREPARED,
 ) -> dict[str, Processor]:
     """Every processor of ``config``; all problems at once, as a ``ConfigError``.
 
     Modules come from ``catalog`` (by default, the config's module_dirs),
-    which keeps the versions of a successful load.
+    which keeps the versions of a successful load. ``prepared`` is as for
+    ``build_processor``.
     """
     catalog = catalog or ModuleCatalog.for_config(config)
     problems: list[str] = []
@@ -138,7 +151,7 @@ def load_processors(
             problems.append(f"processors[{i}].sha256: {spec.module} has sha256 {module.sha256}, not the pinned one")
             continue
         try:
-            processors[spec.name] = build_processor(runtime, spec, module, state)
+            processors[spec.name] = build_processor(runtime, spec, module, state, prepared)
         except ProcessorFailure as failure:
             problems.append(f"processors[{i}].config: init of {spec.module} failed: {failure}")
     if problems:
