@@ -138,6 +138,20 @@ async def test_a_large_streamed_request_body_flows_through_a_streaming_processor
     assert echo["body"].encode("latin-1") == payload
 
 
+async def test_a_processor_failing_on_a_streamed_request_body_is_its_503_not_an_upstream_error(start):
+    config = {"processors": [{"name": "broken", "module": "broken"}], "routes": [route(processors=["broken"])]}
+    gateway = await start(config, {"broken": guest(phases=2, request_body="unreachable")})
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b"x" * 65536
+
+    async with aiohttp.ClientSession() as client, client.post(f"{gateway}/", data=chunks()) as response:
+        assert response.status == 503
+        error = (await response.json())["error"]
+    assert (error["type"], error["processor"]) == ("processor_failed", "broken")
+
+
 async def test_a_streamed_body_over_a_buffering_processors_limit_is_a_413(start):
     buffering = guest(phases=2)
     config = {

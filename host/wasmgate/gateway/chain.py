@@ -69,7 +69,10 @@ class Chain:
 
 
 class StreamAborted(Exception):
-    """A body hook failed after the response started: the client connection must be cut."""
+    """A body hook answered while its body streamed: the stream is cut, so a truncated body never looks whole.
+
+    On the request path the proxy answers with ``ChainRun.interrupt``; on the response path the status
+    line is gone, and the client connection is cut."""
 
 
 @dataclass

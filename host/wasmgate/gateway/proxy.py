@@ -141,15 +141,11 @@ class Gateway:
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=route.timeout, connect=self._upstream.connect_timeout),
             )
-        except StreamAborted:
-            assert run.interrupt is not None, "a request body stream stops only for a local response"
-            return await _answer(request, run, await run.respond_locally(run.interrupt))
-        except TimeoutError:
-            error = _gateway_error(504, "upstream_timeout", f"{upstream_base} did not answer in time")
-            return await _answer(request, run, await run.respond_locally(error))
-        except aiohttp.ClientError as failure:
-            error = _gateway_error(502, "upstream_unavailable", f"{upstream_base}: {failure}")
-            return await _answer(request, run, await run.respond_locally(error))
+        except (aiohttp.ClientError, TimeoutError) as failure:
+            # A processor that answers while the request body streams stops the body (``run.interrupt``
+            # is its answer); aiohttp reports that as a connection error of its own.
+            local = run.interrupt or _upstream_error(upstream_base, failure)
+            return await _answer(request, run, await run.respond_locally(local))
         route.metrics.upstream_seconds.observe(time.perf_counter() - sent)
 
         async with upstream:
@@ -259,6 +255,12 @@ async def _answer(
         return response
     await response.write_eof()
     return response
+
+
+def _upstream_error(upstream: str, failure: aiohttp.ClientError | TimeoutError) -> LocalResponse:
+    if isinstance(failure, TimeoutError):
+        return _gateway_error(504, "upstream_timeout", f"{upstream} did not answer in time")
+    return _gateway_error(502, "upstream_unavailable", f"{upstream}: {failure}")
 
 
 def _gateway_error(status: int, kind: str, message: str) -> LocalResponse:
