@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from yarl import URL
+
+from wasmgate.gateway.subrequests import DEPTH_HEADER
 
 from .conftest import module_bytes, route
 from .wat import guest
@@ -36,6 +41,47 @@ async def test_a_clients_request_id_is_kept(start):
     async with aiohttp.ClientSession() as client, client.get(f"{gateway}/", headers={"x-request-id": "abc"}) as r:
         assert (await r.json())["headers"]["x-request-id"] == "abc"
         assert r.headers["x-request-id"] == "abc"
+
+
+async def exchange_raw(gateway: str, head: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Sends ``head`` (a request line and headers) as bytes, as a client no HTTP library would let be."""
+    url = URL(gateway)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(head + b"Connection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    top, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *fields = top.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (field.partition(":") for field in fields)}
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_a_request_id_that_is_not_printable_ascii_is_replaced_by_a_new_one(start):
+    gateway = await start({"routes": [route()]})
+    for value in ("caf\u00e9".encode(), b"\xff", b"a b", b"x" * 200):
+        status, headers, _ = await exchange_raw(
+            gateway, b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: " + value + b"\r\n"
+        )
+        assert status == 200, value
+        assert re.fullmatch("[0-9a-f]{32}", headers["x-request-id"]), value
+
+
+async def test_a_request_id_of_printable_ascii_is_kept(start):
+    gateway = await start({"routes": [route()]})
+    status, headers, _ = await exchange_raw(gateway, b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: req-1/a.b_c:d\r\n")
+    assert (status, headers["x-request-id"]) == (200, "req-1/a.b_c:d")
+
+
+async def test_a_depth_header_that_is_not_ascii_digits_is_a_508(start):
+    gateway = await start({"routes": [route()]})
+    for value in ("\u00b2".encode(), "\u0663".encode(), b"-1", b""):
+        status, _, body = await exchange_raw(
+            gateway, b"GET / HTTP/1.1\r\nHost: h\r\n" + DEPTH_HEADER.encode() + b": " + value + b"\r\n"
+        )
+        assert status == 508, value
+        assert json.loads(body)["error"]["type"] == "loop_detected"
 
 
 async def test_hop_by_hop_headers_stop_at_the_gateway_both_ways(start):

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -99,7 +100,7 @@ class Gateway:
         if depth is None or depth > self.max_depth:
             route.metrics.served(508)
             return _error(508, "loop_detected", f"{DEPTH_HEADER} must be a number of at most {self.max_depth}")
-        request_id = request.headers.get("x-request-id") or new_request_id()
+        request_id = _request_id(request.headers)
         client = request.remote or ""
         facts = RequestFacts(
             request.method, request.path, request.query_string, request_id, route.name, route.tenant, client
@@ -156,10 +157,20 @@ class Gateway:
             return await _answer(request, run, final, untouched_length)
 
 
+def _request_id(headers: CIMultiDictProxy[str]) -> str:
+    """The client's ``X-Request-Id`` when it is a short run of visible ASCII, else a new one: it goes into
+    logs and upstream headers as is."""
+    value = headers.get("x-request-id", "")
+    return value if _REQUEST_ID.fullmatch(value) else new_request_id()
+
+
+_REQUEST_ID = re.compile(r"[!-~]{1,128}")
+
+
 def _depth(headers: CIMultiDictProxy[str]) -> int | None:
     """How many sub-requests deep this request is (0 from a client); None when the header is garbage."""
     value = headers.get(DEPTH_HEADER, "0")
-    return int(value) if value.isdigit() and len(value) < 4 else None
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 4 else None
 
 
 # -- bodies ------------------------------------------------------------------------
