@@ -234,3 +234,20 @@ asyncio.run(add_300(MemoryState(Path({str(memory.path)!r}))))
         assert (await memory.counter_add(b"shared", 0, 60_000, None, 5.0)).value == 900
     finally:
         memory.remove()
+
+
+class BrokenState(MemoryState):
+    """A backend with a bug: its reads raise what no backend should."""
+
+    async def kv_get(self, key: bytes, timeout: float) -> bytes | None:
+        raise KeyError(key)
+
+
+async def test_a_state_backends_bug_fails_the_call_with_host_error_and_is_logged(runtime, caplog):
+    broken = BrokenState.create()
+    try:
+        driven = await drive(runtime, [make_processor(runtime, kv("get"), state=broken)])
+    finally:
+        broken.remove()
+    assert (driven.status, json.loads(driven.body)["error"]["cause"]) == (503, "host_error")
+    assert [record.exc_info is not None for record in caplog.records if record.name == "wasmgate.sandbox"] == [True]

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
 
 guest_log = logging.getLogger("wasmgate.guest")
+log = logging.getLogger("wasmgate.sandbox")
 
 _LEVELS = (logging.DEBUG, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
 """Python's level for each WIT ``log-level``."""
@@ -141,6 +142,9 @@ class Sandbox:
                     core.answer_failure(Cause.HOST_ERROR, f"the host cannot answer {request[0]!r}")
         except ProcessorFailure as failure:
             core.answer_failure(failure.cause, failure.detail)
+        except Exception:  # a bug in the gateway: it fails this call, not the request's handler
+            log.exception("processor %s, request %s: answering %r failed", self.name, self.request_id, request[0])
+            core.answer_failure(Cause.HOST_ERROR, f"the host failed to answer {request[0]!r}")
 
     def _answer_now(self, request: tuple[object, ...]) -> bool:
         """Answers what needs no waiting; False for the rest."""
