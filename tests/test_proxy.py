@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from prometheus_client import REGISTRY
 from yarl import URL
 
 from wasmgate.gateway.subrequests import DEPTH_HEADER
@@ -243,3 +244,58 @@ async def test_a_body_routed_request_reaches_the_upstream_its_model_selects(star
                 echo = await response.json()
                 served[model] = (echo["served_by"], echo["headers"]["x-gateway-model-name"])
     assert served == {"model-a": ("up", "model-a"), "model-b": ("up2", "model-b")}
+
+
+# -- peers that break the protocol -------------------------------------------------------
+
+
+async def test_a_client_gone_mid_body_is_counted_as_499_and_logs_no_traceback(start, caplog):
+    config = {
+        "processors": [{"name": "buf", "module": "buf", "body": "buffer"}],
+        "routes": [route(name="gone", processors=["buf"])],
+    }
+    gateway = await start(config, {"buf": guest(phases=2)})
+    url = URL(gateway)
+    for length in (1000, 500_000):  # read whole, and streamed into the buffering processor
+        _, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(f"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: {length}\r\n\r\n".encode() + b"x" * 10)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    async with aiohttp.ClientSession() as client:
+        for _ in range(100):  # until the gateway has seen both go
+            if gone_requests() == 2:
+                break
+            async with client.get(f"{gateway}/") as response:
+                assert response.status == 200
+            await asyncio.sleep(0.02)
+    assert gone_requests() == 2
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+def gone_requests() -> float:
+    return REGISTRY.get_sample_value("wasmgate_requests_total", {"route": "gone", "status": "499"}) or 0.0
+
+
+async def test_an_upstream_body_shorter_than_its_length_is_a_502(start, caplog):
+    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(short, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    buffering = guest(phases=8)
+    config = {
+        "processors": [{"name": "buf", "module": "buf", "body": "buffer"}],
+        "routes": [route(upstream=f"http://127.0.0.1:{port}", processors=["buf"])],
+    }
+    gateway = await start(config, {"buf": buffering})
+    try:
+        async with aiohttp.ClientSession() as client, client.get(f"{gateway}/") as response:
+            assert response.status == 502
+            assert (await response.json())["error"]["type"] == "upstream_unavailable"
+    finally:
+        server.close()
+    assert not [record for record in caplog.records if record.exc_info]

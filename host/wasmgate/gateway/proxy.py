@@ -123,7 +123,10 @@ class Gateway:
 
     async def _proxy(self, request: web.Request, route: Route, run: ChainRun) -> web.StreamResponse:
         exchange = run.exchange
-        forwarded = await run.process_request(await _request_body(request))
+        try:
+            forwarded = await run.process_request(await _request_body(request))
+        except ConnectionResetError:  # the client went away before its body's end: no one is left to answer
+            return web.Response(status=499)
         if isinstance(forwarded, LocalResponse):
             return await _answer(request, run, await run.respond_locally(forwarded))
 
@@ -150,9 +153,12 @@ class Gateway:
         route.metrics.upstream_seconds.observe(time.perf_counter() - sent)
 
         async with upstream:
-            final = await run.process_response(
-                upstream.status, _response_headers(upstream.headers), await _response_body(request, upstream)
-            )
+            try:
+                final = await run.process_response(
+                    upstream.status, _response_headers(upstream.headers), await _response_body(request, upstream)
+                )
+            except aiohttp.ClientError as failure:  # the body broke off while read whole, before any hook saw it
+                return await _answer(request, run, await run.respond_locally(_upstream_error(upstream_base, failure)))
             untouched_length = None if route.chain.hooks_response_body else upstream.content_length
             return await _answer(request, run, final, untouched_length)
 
