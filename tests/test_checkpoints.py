@@ -74,3 +74,36 @@ def test_a_checkpoint_over_64_kib_fails_with_memory_limit(runtime):
     with pytest.raises(ProcessorFailure) as raised:
         make_processor(runtime, too_big)
     assert raised.value.cause is Cause.MEMORY_LIMIT
+
+
+CHECKPOINT_IN_INIT = guest(
+    phases=1,
+    init="""
+        i32.const 512 call $get-checkpoint
+        i32.const 2040 i32.const 512 i32.load8_u i32.store8
+        i32.const 0 i32.const 0 i32.store8 i32.const 4 i32.const 1 i32.store8 i32.const 0""",
+    request_headers="""
+        i32.const 2040 i32.load8_u
+        if (result i32)
+          i32.const 2040 i32.const 0 i32.store8
+          i32.const 0 {s:header} {s:yes} call $set-header
+          i32.const 0
+        else
+          {s:step} call $set-checkpoint
+          unreachable
+        end""",
+    strings={"header": "x-checkpoint-in-init", "yes": "yes", "step": "step-1"},
+)
+"""Passes only when its instance's ``init`` saw a checkpoint; else sets one and traps."""
+
+
+async def test_a_pooled_processors_retry_starts_a_new_instance_whose_init_sees_the_checkpoint(runtime):
+    processor = make_processor(runtime, CHECKPOINT_IN_INIT, phase_retries=1, instances="pooled")
+    assert processor.pool is not None
+    for _ in range(2):  # idle instances whose init ran before there was any checkpoint
+        idle = processor.sandbox(runtime)
+        await idle.start()
+        assert processor.pool.give_back(idle)
+    driven = await drive(runtime, [processor])
+    assert driven.upstream_headers.get("x-checkpoint-in-init") == "yes"
+    assert retries_of(processor) == 1

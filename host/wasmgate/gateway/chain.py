@@ -374,9 +374,9 @@ class ChainRun:
     async def _start(self, i: int) -> Sandbox:
         """The processor's sandbox for this request: a pooled one, or a new one started for it."""
         processor = self.chain.processors[i]
-        sandbox = processor.pool.take() if processor.pool is not None else None
-        if sandbox is None and not self._retrying[i]:
-            sandbox = processor.prepared_sandbox(self.runtime)
+        sandbox = None
+        if not self._retrying[i]:  # a retry's instance starts bound, so its init sees the checkpoint
+            sandbox = processor.pool.take() if processor.pool is not None else processor.prepared_sandbox(self.runtime)
         try:
             if sandbox is None:
                 sandbox = processor.sandbox(self.runtime)
