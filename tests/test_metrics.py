@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from wasmgate.metrics import GaugeTally, HistogramTally, Tally
+from wasmgate import metrics
+from wasmgate.metrics import GaugeTally, GuestMetrics, HistogramTally, Tally
+from wasmgate.runtime import MetricKind
 
 VALUES = [0.00001, 0.0025, 0.003, 0.5, 2.0, 1e9]
 """Below the first bound, exactly on one, between two, past the last."""
@@ -51,3 +53,15 @@ def test_a_gauge_tally_sets_the_latest_value_once_flushed():
     gauge.set(7.0)
     tally.flush()  # nothing new to set: the gauge keeps what it was set to meanwhile
     assert registry.get_sample_value("level") == 7.0
+
+
+def test_a_processor_made_again_by_reloads_records_into_the_same_tallies():
+    tallies = None
+    for _ in range(3):
+        guest = GuestMetrics("reloaded")
+        guest.define(0, MetricKind.COUNTER, "reload_hits", "", ["k"], [])
+        guest.record([(0, ("a",), 1.0)])
+        tallies = tallies or len(metrics._tallies)
+        assert len(metrics._tallies) == tallies
+    metrics.flush()
+    assert REGISTRY.get_sample_value("wasmgate_guest_reload_hits_total", {"processor": "reloaded", "k": "a"}) == 3

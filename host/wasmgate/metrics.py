@@ -304,7 +304,7 @@ class GuestMetrics:
                     if len(series) >= MAX_SERIES_PER_METRIC:
                         GUEST_SERIES_DROPPED.labels(self._processor).inc()
                         continue
-                    tally = series[labels] = _TALLIES[kind](family.labels(self._processor, *labels))
+                    tally = series[labels] = _guest_tally(kind, family, (self._processor, *labels))
             tally.add(value)
 
 
@@ -313,6 +313,19 @@ _TALLIES: dict[MetricKind, Any] = {
     MetricKind.GAUGE: GaugeTally,
     MetricKind.HISTOGRAM: HistogramTally,
 }
+
+
+_guest_tallies: dict[tuple[Counter | Gauge | Histogram, tuple[str, ...]], Any] = {}
+
+
+def _guest_tally(kind: MetricKind, family: Counter | Gauge | Histogram, labels: tuple[str, ...]) -> Any:
+    """The one tally of a guest metric's series: a processor made again by each reload records into it,
+    so tallies do not pile up."""
+    with _families_lock:
+        tally = _guest_tallies.get((family, labels))
+        if tally is None:
+            tally = _guest_tallies[(family, labels)] = _TALLIES[kind](family.labels(*labels))
+        return tally
 
 
 def _family(name: str, help_text: str, shape: _Shape) -> Counter | Gauge | Histogram:
