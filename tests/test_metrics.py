@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from wasmgate import metrics
@@ -65,3 +66,11 @@ def test_a_processor_made_again_by_reloads_records_into_the_same_tallies():
         assert len(metrics._tallies) == tallies
     metrics.flush()
     assert REGISTRY.get_sample_value("wasmgate_guest_reload_hits_total", {"processor": "reloaded", "k": "a"}) == 3
+
+
+def test_a_metric_number_defined_twice_under_different_names_is_refused_the_second_time():
+    guest = GuestMetrics("racing")
+    guest.define(0, MetricKind.COUNTER, "race_first", "", [], [])
+    with pytest.raises(ValueError, match="metric number 0 is taken"):
+        guest.define(0, MetricKind.COUNTER, "race_second", "", [], [])
+    guest.define(0, MetricKind.COUNTER, "race_first", "", [], [])  # the same definition again is no race

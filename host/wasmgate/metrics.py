@@ -293,7 +293,9 @@ class GuestMetrics:
         shape = (kind, ("processor", *labels), tuple(buckets))
         family = _family(name, help_text, shape)
         with self._lock:
-            self._metrics.setdefault(metric, (kind, family, {}))
+            made = self._metrics.setdefault(metric, (kind, family, {}))
+        if made[1] is not family:  # two instances raced to define different metrics under one number
+            raise ValueError(f"metric number {metric} is taken; define {name!r} again")
 
     def record(self, records: list[tuple[int, tuple[str, ...], float]]) -> None:
         for metric, labels, value in records:

@@ -119,7 +119,8 @@ impl MetricTable {
         Ok(Lookup::New(self.shapes.len() as u32))
     }
 
-    /// Records a definition the gateway accepted under `id` (from `lookup`).
+    /// Records a definition the gateway accepted under `id` (from `lookup`). The gateway refuses an
+    /// `id` another instance's definition took meanwhile, so a taken one is never overwritten.
     pub fn insert(&mut self, id: u32, name: String, shape: MetricShape) {
         if id as usize == self.shapes.len() {
             self.ids.insert(name, id);
