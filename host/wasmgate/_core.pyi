@@ -20,7 +20,6 @@ VALUE: int
 
 MANAGED_HEADERS: frozenset[str]
 """Headers a processor may not set: hop-by-hop (RFC 9110 7.6.1) and framing."""
-HOP_BY_HOP_HEADERS: frozenset[str]
 
 class ModuleError(Exception):
     """A module that cannot serve as a processor, and why."""

@@ -177,7 +177,7 @@ class ChainRun:
 
     async def finish(self) -> None:
         """Runs the done hooks if the response path has not, then frees every sandbox."""
-        if not self._done and any(p.wants(Hook.DONE) for p in self.chain.processors):
+        if not self._done and Hook.DONE in self.chain.hooks:
             try:
                 await self._run_done()
             except Exception:  # each failure was handled and logged by its processor's failure mode

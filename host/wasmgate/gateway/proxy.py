@@ -30,6 +30,8 @@ from .exchange import MANAGED_HEADERS, Exchange, LocalResponse, RequestFacts, ne
 from .routing import Route, match, upstream_url
 from .subrequests import DEPTH_HEADER, CallClient
 
+log = logging.getLogger("wasmgate.proxy")
+
 SMALL_BODY = 64 * 1024
 """Bodies known to be at most this are read whole: each body hook then runs once per direction."""
 
@@ -215,7 +217,7 @@ async def _chunks(reader: aiohttp.StreamReader) -> BodySource:
 def _connection_scoped(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     """Hop-by-hop names, including those the message lists in its Connection header."""
     listed = {name.strip().lower() for value in headers.getall("connection", ()) for name in value.split(",")}
-    return MANAGED_HEADERS | listed
+    return MANAGED_HEADERS | listed if listed else MANAGED_HEADERS
 
 
 def _forwardable(request: web.Request, request_id: str, client: str) -> CIMultiDict[str]:
@@ -264,9 +266,7 @@ async def _answer(
             await response.write(chunk)
     except (StreamAborted, aiohttp.ClientError, TimeoutError) as failure:
         # The status line is gone: all that is left is to cut the connection.
-        logging.getLogger("wasmgate.proxy").warning(
-            "request %s: response cut mid-stream: %s", run.facts.request_id, failure
-        )
+        log.warning("request %s: response cut mid-stream: %s", run.facts.request_id, failure)
         if request.transport is not None:
             request.transport.close()
         return response

@@ -24,10 +24,6 @@ class Hook(enum.Enum):
         """The name used in config, metrics and errors: ``request_headers``."""
         return self.name.lower()
 
-    @property
-    def takes_body(self) -> bool:
-        return self in (Hook.REQUEST_BODY, Hook.RESPONSE_BODY)
-
 
 class Phases(enum.IntFlag):
     """WIT ``flags phases``: the hooks a processor asked for in ``init``."""

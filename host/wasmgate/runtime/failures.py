@@ -24,7 +24,8 @@ class Cause(enum.StrEnum):
     INIT_FAILED = "init_failed"
     """The guest's ``init`` returned an error for its config."""
     OVERLOADED = "overloaded"
-    """No sandbox could be had: every instance slot of the engine is in use."""
+    """No sandbox could be had: every instance slot of the engine is in use, or the kernel refused the
+    memory mapping of a new one."""
     STATE_UNAVAILABLE = "state_unavailable"
     """The shared state's backend failed or did not answer in time."""
     HOST_ERROR = "host_error"

@@ -19,7 +19,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .. import _core
-from .abi import Hook, MetricKind
+from .abi import Hook, LogLevel, MetricKind
 from .failures import Cause, ProcessorFailure
 from .host import Host
 
@@ -30,8 +30,14 @@ if TYPE_CHECKING:
 guest_log = logging.getLogger("wasmgate.guest")
 log = logging.getLogger("wasmgate.sandbox")
 
-_LEVELS = (logging.DEBUG, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
-"""Python's level for each WIT ``log-level``."""
+_LEVELS: dict[int, int] = {
+    LogLevel.TRACE: logging.DEBUG,
+    LogLevel.DEBUG: logging.DEBUG,
+    LogLevel.INFO: logging.INFO,
+    LogLevel.WARN: logging.WARNING,
+    LogLevel.ERROR: logging.ERROR,
+}
+"""Python's level for each WIT ``log-level`` (the core checked it is one)."""
 
 
 class Sandbox:

@@ -1,7 +1,7 @@
 """Fairness among guests that share an event loop: one slice per loop turn.
 
 Guest code runs on the event loop, as coroutines. A call that finishes
-within an epoch tick (nearly every hook) runs at once, in the coroutine that
+within half an epoch tick (nearly every hook) runs at once, in the coroutine that
 makes it. A call that runs on for half a tick or more yields: the guest has
 had its *slice* (half a tick to a tick and a half) and waits for its next
 turn here.

@@ -58,7 +58,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wat2wasm, m)?)?;
     let managed: Vec<&str> = HOP_BY_HOP.iter().chain(&FRAMING).copied().collect();
     m.add("MANAGED_HEADERS", PyFrozenSet::new(py, &managed)?)?;
-    m.add("HOP_BY_HOP_HEADERS", PyFrozenSet::new(py, HOP_BY_HOP)?)?;
     sandbox::add_status_codes(m)?;
     Ok(())
 }
