@@ -259,6 +259,7 @@ async def test_a_trap_fails_with_trap_and_wasmtimes_reason(runtime):
     [
         ("i32.const 0 i32.const 0x7fff0000 i32.const 8 call $remove-header i32.const 0", "past the end"),
         ("i32.const 0 {s:bad-utf8} call $remove-header i32.const 0", "not valid UTF-8"),
+        ("i32.const 2 i32.const 0 i32.const 0x7fff0000 call $log i32.const 0", "log's message"),
         ("i32.const 9 {s:name} call $remove-header i32.const 0", "not a valid Message"),
         ("i32.const 0 {s:content-length} {s:name} call $set-header i32.const 0", "managed by the gateway"),
         ("i32.const 0 {s:name} {s:crlf} call $set-header i32.const 0", "CR, LF or NUL"),
@@ -334,6 +335,16 @@ async def test_init_returning_an_error_fails_loading_with_the_guests_message(run
         make_processor(runtime, guest(init=init, strings={"error": "bad key x"}))
     assert raised.value.cause is Cause.INIT_FAILED
     assert "bad key x" in str(raised.value)
+
+
+async def test_a_long_init_error_is_cut_at_a_character_boundary_and_is_still_init_failed(runtime):
+    message = "a" + "\u00e9" * 3000  # two bytes a character: 4096 bytes end inside one
+    init = f"""i32.const 0 i32.const 1 i32.store8
+      i32.const 4 i32.const 1024 i32.store i32.const 8 i32.const {len(message.encode())} i32.store i32.const 0"""
+    with pytest.raises(ProcessorFailure) as raised:
+        make_processor(runtime, guest(init=init, strings={"error": message}, memory_pages=2))
+    assert raised.value.cause is Cause.INIT_FAILED
+    assert raised.value.detail == message[:2048]
 
 
 async def test_a_guest_log_flood_is_cut_without_failing_the_request(runtime, caplog):

@@ -85,5 +85,3 @@ pub const PAUSE: u32 = 2;
 
 /// WIT `flags phases`: bits past the flags are ignored, as the canonical ABI says.
 pub const ALL_PHASES: u32 = 31;
-
-pub const WASM_PAGE: usize = 65536;

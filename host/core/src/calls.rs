@@ -77,13 +77,6 @@ pub struct CallRequest<'a> {
     pub timeout_ms: u32,
 }
 
-impl CallRequest<'_> {
-    /// The bytes the host copies to hold this call.
-    pub fn size(&self) -> usize {
-        self.method.len() + self.url.len() + pairs_size(&self.headers) + self.body.len()
-    }
-}
-
 #[derive(Debug)]
 pub struct Call {
     pub handle: u32,
@@ -108,6 +101,15 @@ impl Call {
     }
 }
 
+/// `text` as an absolute http or https URL, or why it is not one: for sub-requests and upstreams alike.
+pub fn http_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|error| format!("{} is not a URL: {error}", quoted(text)))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{} is not an absolute http or https URL", quoted(text)));
+    }
+    Ok(url)
+}
+
 pub fn pairs_size(pairs: &[(String, String)]) -> usize {
     pairs.iter().map(|(n, v)| n.len() + v.len()).sum()
 }
@@ -126,11 +128,7 @@ impl Ledger {
         if !is_token(request.method) {
             return Err(format!("{} is not an HTTP method", quoted(request.method)));
         }
-        let target =
-            Url::parse(request.url).map_err(|error| format!("{} is not a URL: {error}", quoted(request.url)))?;
-        if !matches!(target.scheme(), "http" | "https") || target.host_str().is_none_or(str::is_empty) {
-            return Err(format!("{} is not an absolute http or https URL", quoted(request.url)));
-        }
+        let target = http_url(request.url)?;
         if let Some((name, _)) =
             request.headers.iter().find(|(name, _)| GATEWAY_HEADERS.iter().any(|g| g.eq_ignore_ascii_case(name)))
         {

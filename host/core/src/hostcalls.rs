@@ -10,18 +10,17 @@
 
 use std::time::Instant;
 
-use url::Url;
 use wasmtime::Caller;
 
 use crate::abi::{HOST_MODULE, Hook};
-use crate::calls::{CallRequest, CallResult};
+use crate::calls::{CallRequest, CallResult, http_url};
 use crate::events::{MAX_LOG_BYTES, MAX_PENDING_RECORDS, Record};
 use crate::exchange::{Exchange, ExchangeData};
-use crate::failure::{Cause, Failure, quoted};
+use crate::failure::{Cause, Failure};
 use crate::headers::{HeaderMap, check_header, encode_pairs};
 use crate::instance::{InstanceState, LocalResponse};
 use crate::linking::{Imports, define};
-use crate::memory::{bytes, lower, lower_text, pairs, text, write_area, write_u32s};
+use crate::memory::{bytes, le_u32, lower, lower_text, pairs, text, write_area, write_u32s};
 use crate::metrics::{self, Lookup, MAX_HELP_CHARS, MAX_LABEL_VALUE_BYTES, MetricKind};
 use crate::requests::{HostAnswer, HostRequest};
 
@@ -99,19 +98,16 @@ fn reserve(caller: &Caller<'_, InstanceState>, more: usize, what: &str) -> Done 
 fn header_list(caller: Ctx, ptr: u32, count: u32, call: &str, limit: usize) -> Done<Vec<(String, String)>> {
     let memory = memory(caller);
     let raw = bytes(memory, ptr, count as usize * 16, &format!("{call}'s headers"))?;
-    let fields: Vec<[u32; 4]> = raw
-        .chunks_exact(16)
-        .map(|f| std::array::from_fn(|i| u32::from_le_bytes(f[i * 4..i * 4 + 4].try_into().expect("4 bytes"))))
-        .collect();
-    let size: usize = fields.iter().map(|f| f[1] as usize + f[3] as usize).sum();
+    // A field is four u32s: name ptr, name len, value ptr, value len.
+    let field = |f: &[u8], i: usize| le_u32(&f[i * 4..i * 4 + 4]);
+    let size: usize = raw.chunks_exact(16).map(|f| field(f, 1) as usize + field(f, 3) as usize).sum();
     if size > limit {
         return Err(Failure::memory(format!("{call}: headers pass {limit} bytes")));
     }
-    fields
-        .iter()
+    raw.chunks_exact(16)
         .map(|f| {
-            let name = text(memory, f[0], f[1], &format!("{call}'s name"))?;
-            let value = text(memory, f[2], f[3], &format!("{call}'s value"))?;
+            let name = text(memory, field(f, 0), field(f, 1), &format!("{call}'s name"))?;
+            let value = text(memory, field(f, 2), field(f, 3), &format!("{call}'s value"))?;
             check_header(name, value)?;
             Ok((name.to_owned(), value.to_owned()))
         })
@@ -308,15 +304,6 @@ fn send_response(caller: Ctx, status: u32, hp: u32, hn: u32, bp: u32, bl: u32) -
     Ok(())
 }
 
-/// Why `url` cannot be an upstream, if it cannot.
-fn upstream_problem(url: &str) -> Result<(), String> {
-    let parsed = Url::parse(url).map_err(|error| format!("{} is not a URL: {error}", quoted(url)))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{} is not an absolute http or https URL", quoted(url)));
-    }
-    Ok(())
-}
-
 async fn set_upstream(caller: Ctx<'_, '_>, ptr: u32, len: u32, retptr: u32) -> Done {
     let (exchange, _) = request(caller, "set-upstream")?;
     let hook = caller.data().phase.unwrap_or(Hook::Init);
@@ -330,7 +317,7 @@ async fn set_upstream(caller: Ctx<'_, '_>, ptr: u32, len: u32, retptr: u32) -> D
         Err(format!("an upstream URL of {len} bytes is longer than {MAX_UPSTREAM_BYTES}"))
     } else {
         let url = text(memory(caller), ptr, len, "set-upstream's url")?;
-        upstream_problem(url).map(|()| url.to_owned())
+        http_url(url).map(|_| url.to_owned())
     };
     let area = match outcome {
         Ok(url) => {
@@ -353,7 +340,7 @@ fn log(caller: Ctx, level: u32, ptr: u32, len: u32) -> Done {
     }
     let kept = (len as usize).min(MAX_LOG_BYTES);
     let room = caller.data().quota.room(memory_size(caller));
-    let line = bytes(memory(caller), ptr, kept, "log's message")?;
+    let line = &bytes(memory(caller), ptr, len as usize, "log's message")?[..kept];
     let mut mailbox = caller.data().shared.lock();
     mailbox.events.set_room(room);
     mailbox.events.log(level as u8, line, len as usize);

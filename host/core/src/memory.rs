@@ -36,10 +36,30 @@ pub fn text<'a>(memory: &'a [u8], ptr: u32, len: u32, what: &str) -> Result<&'a 
         .map_err(|error| Failure::abi(format!("{what} is not valid UTF-8 (at byte {})", error.valid_up_to())))
 }
 
-/// A lowered `list<string>` or `list<list<u8>>`: its elements' `(ptr, len)` pairs.
-pub fn pairs(memory: &[u8], ptr: u32, count: u32, what: &str) -> Result<Vec<(u32, u32)>, Failure> {
+/// At most the first `max` bytes of a string, cut at a character boundary: the string must lie in
+/// memory, and what is read of it must be UTF-8 (the rest is not looked at).
+pub fn text_prefix<'a>(memory: &'a [u8], ptr: u32, len: u32, max: usize, what: &str) -> Result<&'a str, Failure> {
+    let raw = bytes(memory, ptr, len as usize, what)?;
+    let kept = &raw[..raw.len().min(max)];
+    match std::str::from_utf8(kept) {
+        Ok(text) => Ok(text),
+        // The cut fell inside a character: end before it.
+        Err(error) if error.error_len().is_none() && kept.len() < raw.len() => {
+            Ok(std::str::from_utf8(&kept[..error.valid_up_to()]).expect("valid up to here"))
+        }
+        Err(error) => Err(Failure::abi(format!("{what} is not valid UTF-8 (at byte {})", error.valid_up_to()))),
+    }
+}
+
+/// A lowered `list<string>` or `list<list<u8>>`: its elements' `(ptr, len)` pairs, read as needed.
+pub fn pairs<'a>(
+    memory: &'a [u8],
+    ptr: u32,
+    count: u32,
+    what: &str,
+) -> Result<impl Iterator<Item = (u32, u32)> + 'a, Failure> {
     let raw = bytes(memory, ptr, count as usize * 8, what)?;
-    Ok(raw.chunks_exact(8).map(|pair| (le_u32(&pair[..4]), le_u32(&pair[4..]))).collect())
+    Ok(raw.chunks_exact(8).map(|pair| (le_u32(&pair[..4]), le_u32(&pair[4..]))))
 }
 
 pub fn le_u32(bytes: &[u8]) -> u32 {
@@ -122,6 +142,19 @@ mod tests {
     }
 
     #[test]
+    fn a_text_prefix_is_cut_before_a_character_the_cut_splits() {
+        let memory = "aé".as_bytes(); // 'é' is two bytes
+        assert_eq!(text_prefix(memory, 0, 3, 2, "the error").unwrap(), "a");
+        assert_eq!(text_prefix(memory, 0, 3, 3, "the error").unwrap(), "aé");
+    }
+
+    #[test]
+    fn a_text_prefix_must_be_utf8_and_in_memory() {
+        assert!(text_prefix(b"a\xffb", 0, 3, 2, "x").is_err());
+        assert!(text_prefix(b"abc", 0, 9, 2, "x").is_err());
+    }
+
+    #[test]
     fn a_return_area_must_be_aligned() {
         let mut memory = [0u8; 16];
         let failure = write_u32s(&mut memory, 2, &[1], "the result").unwrap_err();
@@ -134,7 +167,7 @@ mod tests {
     fn pairs_read_a_lowered_list() {
         let mut memory = vec![0u8; 32];
         write_u32s(&mut memory, 8, &[100, 3, 200, 4], "list").unwrap();
-        assert_eq!(pairs(&memory, 8, 2, "list").unwrap(), vec![(100, 3), (200, 4)]);
+        assert_eq!(pairs(&memory, 8, 2, "list").unwrap().collect::<Vec<_>>(), vec![(100, 3), (200, 4)]);
         assert!(pairs(&memory, 8, 4, "list").is_err());
     }
 }

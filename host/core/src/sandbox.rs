@@ -34,7 +34,7 @@ use crate::failure::{Cause, Failure, classify};
 use crate::guest::Guest;
 use crate::instance::{Binding, Exports, InstanceState, LocalResponse, deadline_passed};
 use crate::janitor::Maker;
-use crate::memory::{bytes, le_u32, lower, text};
+use crate::memory::{bytes, le_u32, lower, text_prefix};
 use crate::requests::{HostAnswer, HostRequest, Shared};
 
 /// The longest error message an `init` may return that is kept.
@@ -250,7 +250,7 @@ impl Sandbox {
                 self.fail(deadline_passed(phase.hook, phase.timeout))
             }
             (Slot::Running(_), _) => Status::Yielded,
-            _ => Status::Failed,
+            _ => self.fail(Failure::new(Cause::HostError, "expire of a sandbox with no call running")),
         }
     }
 
@@ -379,13 +379,14 @@ impl Sandbox {
             None => 0,
         };
         state.quota.calls = held;
-        let limit = state.quota.limit;
-        if memory + state.quota.held() <= limit {
+        let (held, limit) = (state.quota.held(), state.quota.limit);
+        if memory + held <= limit {
             return Status::Done(0);
         }
         let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
         self.fail(Failure::memory(format!(
-            "guest memory and {:.1} MiB of sub-requests make {:.1} MiB, over its {:.1} MiB quota",
+            "guest memory and the {:.1} MiB the host holds for it (sub-requests among them) make {:.1} MiB, \
+             over its {:.1} MiB quota",
             mib(held),
             mib(memory + held),
             mib(limit)
@@ -479,8 +480,7 @@ async fn start(parts: &mut Parts, deadline: Instant) -> Outcome {
     }
     let error = if tag == 1 {
         let memory = store.data().exports().memory.data(&*store);
-        let kept = (length as usize).min(MAX_INIT_ERROR_BYTES) as u32;
-        Some(text(memory, payload, kept, "init's error")?.to_owned())
+        Some(text_prefix(memory, payload, length, MAX_INIT_ERROR_BYTES, "init's error")?.to_owned())
     } else {
         None
     };

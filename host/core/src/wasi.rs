@@ -25,9 +25,10 @@ const STDERR: u32 = 2;
 const CHARACTER_DEVICE: u8 = 2;
 const RIGHT_FD_READ: u64 = 1 << 1;
 const RIGHT_FD_WRITE: u64 = 1 << 6;
-/// How much `random_get` fills between looks at the deadline, and `fd_write` reads iovecs.
+/// How much `random_get` fills between looks at the deadline.
 const CHUNK: usize = 1 << 20;
-const IOVECS_PER_CHECK: usize = 4096;
+/// How many `fd_write` iovecs or `poll_oneoff` subscriptions are read between looks at the deadline.
+const ITEMS_PER_CHECK: usize = 4096;
 
 type Ctx<'a, 'b> = &'a mut Caller<'b, InstanceState>;
 type Errno = Result<u32, Failure>;
@@ -79,8 +80,8 @@ fn fd_write(caller: Ctx, fd: u32, iovs: u32, count: u32, written: u32) -> Errno 
     {
         let mut mailbox = state.shared.lock();
         mailbox.events.set_room(room);
-        for (i, (ptr, len)) in pairs(data, iovs, count, "iovecs")?.into_iter().enumerate() {
-            if i % IOVECS_PER_CHECK == IOVECS_PER_CHECK - 1 {
+        for (i, (ptr, len)) in pairs(data, iovs, count, "iovecs")?.enumerate() {
+            if i % ITEMS_PER_CHECK == ITEMS_PER_CHECK - 1 {
                 state.check_deadline()?;
             }
             mailbox.events.output(fd, bytes(data, ptr, len as usize, "fd_write's data")?);
@@ -192,20 +193,21 @@ fn sched_yield(_caller: Ctx) -> Errno {
 fn poll_oneoff(caller: Ctx, subscriptions: u32, events: u32, count: u32, out: u32) -> Errno {
     // subscription: userdata u64, tag u8 (48 bytes); event: userdata u64, errno u16, type u8 (32 bytes)
     let memory = caller.data().exports().memory;
-    let data = memory.data_mut(&mut *caller);
-    let answered: Vec<[u8; 32]> = bytes(data, subscriptions, count as usize * 48, "poll_oneoff's subscriptions")?
-        .chunks_exact(48)
-        .map(|subscription| {
-            let mut event = [0u8; 32];
-            event[..8].copy_from_slice(&subscription[..8]);
-            event[10] = subscription[8];
-            event
-        })
-        .collect();
-    let target = bytes_mut(data, events, answered.len() * 32, "poll_oneoff's events")?;
-    for (slot, event) in target.chunks_exact_mut(32).zip(&answered) {
-        slot.copy_from_slice(event);
+    let (data, state) = memory.data_and_store_mut(&mut *caller);
+    let count = count as usize;
+    bytes(data, subscriptions, count * 48, "poll_oneoff's subscriptions")?;
+    bytes(data, events, count * 32, "poll_oneoff's events")?;
+    let (subscriptions, events) = (subscriptions as usize, events as usize);
+    for i in 0..count {
+        if i % ITEMS_PER_CHECK == ITEMS_PER_CHECK - 1 {
+            state.check_deadline()?;
+        }
+        let subscription = subscriptions + i * 48;
+        let mut event = [0u8; 32];
+        event[..8].copy_from_slice(&data[subscription..subscription + 8]);
+        event[10] = data[subscription + 8];
+        data[events + i * 32..events + i * 32 + 32].copy_from_slice(&event);
     }
-    write(caller, out, &count.to_le_bytes(), "poll_oneoff's count")?;
+    write(caller, out, &(count as u32).to_le_bytes(), "poll_oneoff's count")?;
     Ok(SUCCESS)
 }
