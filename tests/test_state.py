@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis
 
 from wasmgate.config import ConfigError, StateBackendKind, StateConfig
 from wasmgate.state import MemoryState, State, open_state
@@ -202,6 +203,18 @@ async def test_redis_going_away_fails_by_the_failure_mode_and_recovers(runtime):
     finally:
         await state.close()
         server.stop()
+
+
+async def test_a_redis_that_lost_its_scripts_loads_the_counter_script_again(runtime, redis_server):
+    state = open_state(StateConfig(backend=StateBackendKind.REDIS, url=redis_server.url))
+    processor = make_processor(runtime, counting("flushed"), state=state)
+    try:
+        first = (await add(runtime, processor))[0]
+        with redis.Redis.from_url(redis_server.url) as admin:
+            admin.script_flush()
+        assert (await add(runtime, processor))[0] == first + 1
+    finally:
+        await state.close()
 
 
 def test_an_unreachable_redis_is_a_clear_error_at_start():

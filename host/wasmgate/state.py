@@ -38,7 +38,7 @@ from typing import Protocol, TypeVar, cast
 
 import redis
 import redis.asyncio
-from redis.exceptions import NoScriptError
+from redis.commands.core import AsyncScript
 
 from .config import ConfigError, StateBackendKind, StateConfig
 
@@ -201,8 +201,7 @@ class RedisState:
         self._timeout = timeout
         # Made on first use, on the event loop that uses it: asyncio connections belong to one loop.
         self._client: redis.asyncio.Redis | None = None
-        self._script: str | None = None  # the counter script's SHA once the server has it
-        self._loading: asyncio.Lock | None = None
+        self._counter: AsyncScript | None = None  # loaded into the server when it lacks it
 
     def check(self) -> None:
         """Raises ``ConfigError`` if the server cannot be reached: at start, not at the first request."""
@@ -215,8 +214,7 @@ class RedisState:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-            self._client = None
-            self._script = None
+            self._client = self._counter = None
 
     def _redis(self) -> redis.asyncio.Redis:
         if self._client is None:
@@ -229,7 +227,7 @@ class RedisState:
                 driver_info=None,  # a new connection is one TCP connect, not two more round trips (CLIENT SETINFO)
             )
             self._client = redis.asyncio.Redis.from_pool(pool)
-            self._loading = asyncio.Lock()
+            self._counter = self._client.register_script(_COUNTER_ADD)
         return self._client
 
     @contextlib.asynccontextmanager
@@ -239,23 +237,11 @@ class RedisState:
         except redis.RedisError as error:
             raise StateUnavailable(f"redis state ({self._url}): {error}") from None
 
-    async def _counter_script(self, client: redis.asyncio.Redis) -> str:
-        """The counter script's SHA, loaded once however many calls need it at once."""
-        assert self._loading is not None, "made with the client"
-        async with self._loading:
-            if self._script is None:
-                self._script = await client.script_load(_COUNTER_ADD)
-        return self._script
-
     async def counter_add(self, key: bytes, delta: int, window_ms: int, limit: int | None, timeout: float) -> Counter:
         args = [delta, window_ms, "" if limit is None else limit]
-        async with self._call() as client:
-            script = self._script or await self._counter_script(client)
-            try:
-                value, ttl, applied = await client.evalsha(script, 1, b"c:" + key, *args)
-            except NoScriptError:  # the server lost its scripts (a restart): load it again
-                self._script = None
-                value, ttl, applied = await client.evalsha(await self._counter_script(client), 1, b"c:" + key, *args)
+        async with self._call():
+            assert self._counter is not None, "made with the client"
+            value, ttl, applied = await self._counter(keys=[b"c:" + key], args=args)
         if applied == 2:  # the script's mark for an add out of range
             raise CounterOutOfRange(f"{value} + {delta} is out of a counter's range (±2^53)")
         return Counter(int(value), int(ttl), bool(applied))
