@@ -6,9 +6,11 @@ Through ``wasmgate.runtime``, as the gateway calls it, on an event loop, for a
 processor that asks for every phase (by default the Rust guest
 ``passthrough``; ``--module`` for another):
 
-- a fresh instance per request with ``init`` and every hook (request
-  headers, request body, response headers, response body, done), next to
-  an instance made and dropped with no call, as a baseline from the same run;
+- a fresh instance per request from the processor's init image (as the
+  gateway makes them) and every hook (request headers, request body,
+  response headers, response body, done); the same with ``init`` run in
+  each instance instead (a module that cannot be snapshotted); next to a
+  store made and dropped with no instance, as a baseline from the same run;
 - an empty hook (request headers) on a started instance;
 - a body hook with 64 KiB and 1 MiB, next to the same hook with an empty
   body: the difference is what copying the body in costs.
@@ -30,7 +32,7 @@ from pathlib import Path
 from multidict import CIMultiDict
 
 from wasmgate.config import ProcessorConfig
-from wasmgate.gateway import RequestFacts, build_processor, new_exchange
+from wasmgate.gateway import Processor, RequestFacts, build_processor, new_exchange
 from wasmgate.runtime import Hook, Runtime
 
 MODULES = Path(__file__).resolve().parent.parent / "host" / "wasmgate" / "modules"
@@ -52,7 +54,9 @@ async def best(call: Callable[[], Awaitable[object]], count: int, rounds: int = 
 async def main(module: Path, requests: int) -> None:
     runtime = Runtime(cache_dir=Path(tempfile.mkdtemp()))
     spec = ProcessorConfig(name="bench", module=module.stem, memory_limit="64MiB")
-    processor = build_processor(runtime, spec, runtime.compile(module.stem, module.read_bytes()))
+    compiled = runtime.compile(module.stem, module.read_bytes())
+    processor = build_processor(runtime, spec, compiled)
+    without_image = build_processor(runtime, spec, compiled, serving=False)
     facts = RequestFacts("POST", "/v1/chat/completions", "", "bench", "bench", "", "127.0.0.1")
     exchange = new_exchange(facts, CIMultiDict({"content-type": "application/json"}), "http://upstream.test", 1)
     exchange.set_response(200, [("content-type", "application/json")])
@@ -62,7 +66,7 @@ async def main(module: Path, requests: int) -> None:
     async def bare() -> None:
         processor.sandbox(runtime).close()
 
-    async def request() -> None:
+    async def request(processor: Processor = processor) -> None:
         sandbox = processor.sandbox(runtime)
         sandbox.bind(exchange, 0, "bench", runtime.scheduler())
         await sandbox.start()
@@ -75,8 +79,10 @@ async def main(module: Path, requests: int) -> None:
 
     baseline = await best(bare, requests)
     full = await best(request, requests)
-    print(f"instance made and dropped, no call:            {baseline * 1e6:7.2f} µs")
-    print(f"fresh instance + init + all 5 hooks:           {full * 1e6:7.2f} µs per request")
+    with_init = await best(lambda: request(without_image), requests)
+    print(f"store made and dropped, no instance:           {baseline * 1e6:7.2f} µs")
+    print(f"fresh instance from the image + all 5 hooks:   {full * 1e6:7.2f} µs per request")
+    print(f"fresh instance + init + all 5 hooks, no image: {with_init * 1e6:7.2f} µs per request")
 
     sandbox = processor.sandbox(runtime)
     sandbox.bind(exchange, 0, "bench", runtime.scheduler())

@@ -97,6 +97,13 @@ CHECKPOINT_IN_INIT = guest(
 """Passes only when its instance's ``init`` saw a checkpoint; else sets one and traps."""
 
 
+async def test_a_fresh_instances_retry_runs_init_to_see_the_checkpoint_not_the_image(runtime):
+    processor = make_processor(runtime, CHECKPOINT_IN_INIT, phase_retries=1)  # the image's init saw none
+    driven = await drive(runtime, [processor])
+    assert driven.upstream_headers.get("x-checkpoint-in-init") == "yes"
+    assert retries_of(processor) == 1
+
+
 async def test_a_pooled_processors_retry_starts_a_new_instance_whose_init_sees_the_checkpoint(runtime):
     processor = make_processor(runtime, CHECKPOINT_IN_INIT, phase_retries=1, instances="pooled")
     assert processor.pool is not None

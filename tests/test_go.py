@@ -51,15 +51,18 @@ async def test_a_rust_and_a_go_processor_chain_through_the_gateway(start, caplog
         "routes": [route(processors=["pii", "go-inject"])],
     }
     modules = {name: module_bytes(name) for name in ("pii-redact", "header-inject-go")}
-    gateway = await start(config, modules)
     body = {"messages": [{"role": "user", "content": "I am a@example.com"}]}
     with caplog.at_level(logging.INFO, logger="wasmgate.guest"):
-        async with aiohttp.ClientSession() as client, client.post(f"{gateway}/v1/chat", json=body) as response:
-            echo = await response.json()
-    assert echo["headers"]["x-from"] == "go"
-    assert json.loads(echo["body"])["messages"][0]["content"] == "I am [REDACTED:EMAIL]"
+        gateway = await start(config, modules)
+        async with aiohttp.ClientSession() as client:
+            for _ in range(2):
+                async with client.post(f"{gateway}/v1/chat", json=body) as response:
+                    echo = await response.json()
+                assert echo["headers"]["x-from"] == "go"
+                assert json.loads(echo["body"])["messages"][0]["content"] == "I am [REDACTED:EMAIL]"
     lines = [r.getMessage() for r in caplog.records if r.name == "wasmgate.guest"]
-    assert "[go-inject] header-inject-go ready: 1 request edits, 0 response edits" in lines
+    # init ran once, at load: each request's fresh instance starts from the image it left
+    assert lines.count("[go-inject] header-inject-go ready: 1 request edits, 0 response edits") == 1
 
 
 @pytest.mark.parametrize(("how", "cause"), [("panic", "trap"), ("memory", "memory_limit"), ("spin", "timeout")])

@@ -42,6 +42,41 @@ async def test_fresh_instances_never_see_a_previous_request(runtime):
     assert await counts_of(runtime, processor) == ["1", "1", "1"]
 
 
+def init_leaves_seven(extra: str = "") -> bytes:
+    """A guest whose init logs a line and leaves 7 in its memory; each request reports what it finds there."""
+    return guest(
+        phases=1,
+        init="""i32.const 2 {s:line} call $log
+            i32.const 700 i32.const 55 i32.store8
+            i32.const 0 i32.const 0 i32.store8 i32.const 4 i32.const 1 i32.store8 i32.const 0""",
+        request_headers="i32.const 0 {s:name} i32.const 700 i32.const 1 call $set-header i32.const 0",
+        strings={"line": "init ran", "name": "x-from-init"},
+        extra=extra,
+    )
+
+
+def inits_logged(caplog) -> int:
+    return sum(record.getMessage().endswith("init ran") for record in caplog.records)
+
+
+async def test_fresh_instances_start_from_the_image_init_left_so_init_runs_once_per_load(runtime, caplog):
+    with caplog.at_level("INFO", logger="wasmgate.guest"):
+        processor = make_processor(runtime, init_leaves_seven())
+        seen = [(await drive(runtime, [processor])).upstream_headers["x-from-init"] for _ in range(3)]
+    assert seen == ["7", "7", "7"]
+    assert inits_logged(caplog) == 1
+
+
+async def test_a_module_that_cannot_be_snapshotted_runs_init_in_each_fresh_instance(runtime, caplog):
+    # Wizer cannot snapshot a module that changes its tables.
+    grows_its_table = "(table 1 funcref) (func (drop (table.grow (ref.null func) (i32.const 1))))"
+    with caplog.at_level("INFO", logger="wasmgate.guest"):
+        processor = make_processor(runtime, init_leaves_seven(grows_its_table))
+        seen = [(await drive(runtime, [processor])).upstream_headers["x-from-init"] for _ in range(3)]
+    assert seen == ["7", "7", "7"]
+    assert inits_logged(caplog) == 4  # at load, and in each request's instance
+
+
 async def test_a_pooled_instance_serves_request_after_request(runtime):
     processor = make_processor(runtime, COUNTS_REQUESTS, instances="pooled")
     assert await counts_of(runtime, processor) == ["1", "2", "3"]

@@ -43,9 +43,9 @@ def check(config: Config) -> None:
     check_machine(config)
     if config.state.backend is StateBackendKind.REDIS:
         open_state(config.state)
-    # Checking runs each init once and keeps no instance: one slot per processor is enough.
+    # Checking runs each init once and keeps no instance and no image: one slot per processor is enough.
     runtime = Runtime(cache_dir=config.cache_dir, max_instances=max(64, len(config.processors)))
-    load_processors(runtime, config, prepared=0)
+    load_processors(runtime, config, serving=False)
 
 
 def check_machine(config: Config) -> None:

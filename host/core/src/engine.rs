@@ -14,7 +14,7 @@ use crate::instance::InstanceState;
 use crate::janitor::{Janitor, Maker};
 use crate::linking::{Import, Imports};
 use crate::module::Module;
-use crate::{hostcalls, wasi};
+use crate::{hostcalls, image, wasi};
 
 /// The largest per-request quota the config accepts: the size of a memory slot.
 pub const MAX_MEMORY: usize = 2 << 30;
@@ -60,33 +60,41 @@ impl Engine {
         &self.janitor.maker
     }
 
-    /// Compiles, checks and links a module.
+    /// Compiles, checks and links a module; instrumented for init images when wizer can take one.
     pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<Module, String> {
+        // Instrumenting adds exports: should they clash with the module's own, it goes uninstrumented.
+        let instrumented = image::instrument(wasm).and_then(|bytes| wasmtime::Module::new(&self.engine, &bytes).ok());
+        if let Some(compiled) = instrumented {
+            return Module::link(name, compiled, Some(Arc::from(wasm)), &self.linker);
+        }
         let compiled = wasmtime::Module::new(&self.engine, wasm).map_err(|error| {
             let reason = format!("{error:#}");
             let first = reason.lines().next().unwrap_or_default().to_owned();
             format!("module {} is not valid WebAssembly: {first}", quoted(name))
         })?;
-        Module::link(name, compiled, &self.linker)
+        Module::link(name, compiled, None, &self.linker)
     }
 
-    /// Links a module compiled before (`Module::serialize`).
+    /// Links a module compiled before (`Module::serialize`) from `wasm`; without `wasm`, its
+    /// instances cannot be snapshotted.
     ///
     /// # Safety
-    /// `artifact` must be what `serialize` made, unchanged: wasmtime runs the
-    /// native code in it. The gateway keeps artifacts in a directory only its
-    /// user can write, written whole or not at all.
-    pub unsafe fn load(&self, name: &str, artifact: &[u8]) -> Result<Module, String> {
+    /// `artifact` must be what `serialize` made of `wasm`, unchanged: wasmtime
+    /// runs the native code in it. The gateway keeps artifacts in a directory
+    /// only its user can write, written whole or not at all.
+    pub unsafe fn load(&self, name: &str, artifact: &[u8], wasm: Option<&[u8]>) -> Result<Module, String> {
         // SAFETY: as the caller promises.
         let compiled = unsafe { wasmtime::Module::deserialize(&self.engine, artifact) }
             .map_err(|error| format!("the compiled artifact of {} is unusable: {error}", quoted(name)))?;
-        Module::link(name, compiled, &self.linker)
+        let source = wasm.filter(|_| compiled.get_export(image::INSTRUMENTED).is_some()).map(Arc::from);
+        Module::link(name, compiled, source, &self.linker)
     }
 
     /// Names compiled artifacts: code compiled by another engine version or config is never loaded.
     pub fn artifact_tag(&self) -> String {
         let mut hasher = DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        image::INSTRUMENTED.hash(&mut hasher); // artifacts from before modules were instrumented are not used
         format!("wasmtime-{:016x}", hasher.finish())
     }
 

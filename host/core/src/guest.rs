@@ -1,6 +1,6 @@
 //! A processor as its sandboxes see it: the module, its config, and its limits.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::calls::CallPolicy;
@@ -19,6 +19,13 @@ pub struct Guest {
     pub memory_limit: usize,
     pub calls: CallPolicy,
     metrics: Mutex<MetricTable>,
+    image: OnceLock<Image>,
+}
+
+/// The module rewritten to start where `init` left it (see `image`), and the phases `init` chose.
+pub struct Image {
+    pub module: Module,
+    pub phases: u32,
 }
 
 impl Guest {
@@ -30,7 +37,16 @@ impl Guest {
         memory_limit: usize,
         calls: CallPolicy,
     ) -> Guest {
-        Guest { name, module, config, timeouts, memory_limit, calls, metrics: Mutex::default() }
+        Guest { name, module, config, timeouts, memory_limit, calls, metrics: Mutex::default(), image: OnceLock::new() }
+    }
+
+    /// Fresh instances start from `image` from now on, without running `init`; the first image set stays.
+    pub fn set_image(&self, image: Image) {
+        let _ = self.image.set(image);
+    }
+
+    pub fn image(&self) -> Option<&Image> {
+        self.image.get()
     }
 
     pub fn metrics(&self) -> MutexGuard<'_, MetricTable> {

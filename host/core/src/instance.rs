@@ -164,6 +164,11 @@ impl InstanceState {
         }
     }
 
+    /// Whether a failed try of this processor in this request left a checkpoint: its retry's `init` sees it.
+    pub fn has_checkpoint(&self) -> bool {
+        self.binding.as_ref().is_some_and(|binding| binding.exchange.lock().scopes[binding.index].checkpoint.is_some())
+    }
+
     pub fn exports(&self) -> Exports {
         self.exports.clone().expect("host calls run only in an instance")
     }

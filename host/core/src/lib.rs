@@ -13,6 +13,7 @@ pub mod failure;
 pub mod guest;
 pub mod headers;
 mod hostcalls;
+pub mod image;
 pub mod instance;
 pub mod janitor;
 mod linking;

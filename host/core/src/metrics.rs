@@ -128,6 +128,15 @@ impl MetricTable {
         }
     }
 
+    /// The names of the metrics declared so far, by id.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = vec![String::new(); self.shapes.len()];
+        for (name, &id) in &self.ids {
+            names[id as usize].clone_from(name);
+        }
+        names
+    }
+
     /// Checks a record before its label values are read: the metric's kind.
     pub fn check_record(&self, metric: u32, label_values: u32, value: f64) -> Result<MetricKind, Failure> {
         let shape = self

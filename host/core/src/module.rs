@@ -23,6 +23,9 @@ pub struct ExportIndex {
 pub struct ModuleInner {
     pub name: String,
     pub compiled: wasmtime::Module,
+    /// The module's bytes as given, when it was compiled instrumented: its instances can be
+    /// snapshotted into an init image (see `image`).
+    pub source: Option<Arc<[u8]>>,
     pub pre: InstancePre<InstanceState>,
     pub exports: ExportIndex,
 }
@@ -32,12 +35,18 @@ pub struct Module(pub Arc<ModuleInner>);
 
 impl Module {
     /// Checks a compiled module against the world and links it; the error says what does not fit.
-    pub fn link(name: &str, compiled: wasmtime::Module, linker: &Linker<InstanceState>) -> Result<Module, String> {
+    /// `source`: the bytes `compiled` was instrumented from, if it was.
+    pub fn link(
+        name: &str,
+        compiled: wasmtime::Module,
+        source: Option<Arc<[u8]>>,
+        linker: &Linker<InstanceState>,
+    ) -> Result<Module, String> {
         let exports = check_exports(name, &compiled)?;
         let pre = linker
             .instantiate_pre(&compiled)
             .map_err(|error| format!("module {} cannot be linked: {error:#}", quoted(name)))?;
-        Ok(Module(Arc::new(ModuleInner { name: name.to_owned(), compiled, pre, exports })))
+        Ok(Module(Arc::new(ModuleInner { name: name.to_owned(), compiled, source, pre, exports })))
     }
 
     pub fn name(&self) -> &str {

@@ -25,16 +25,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use wasmtime::{Store, TypedFunc, UpdateDeadline};
+use wasmtime::{Instance, Store, TypedFunc, UpdateDeadline};
 
 use crate::abi::{ALL_PHASES, CONTINUE, Hook, PAUSE, RESPOND};
 use crate::events::Events;
 use crate::exchange::Exchange;
 use crate::failure::{Cause, Failure, classify};
 use crate::guest::Guest;
+use crate::image;
 use crate::instance::{Binding, Exports, InstanceState, LocalResponse, deadline_passed};
 use crate::janitor::Maker;
 use crate::memory::{bytes, le_u32, lower, text_prefix};
+use crate::module::{ExportIndex, Module};
 use crate::requests::{HostAnswer, HostRequest, Shared};
 
 /// The longest error message an `init` may return that is kept.
@@ -91,6 +93,8 @@ struct Funcs {
 struct Parts {
     store: Store<InstanceState>,
     funcs: Option<Funcs>,
+    /// The instance once made, and the module it was made from.
+    instance: Option<(Instance, Module)>,
 }
 
 type Outcome = Result<u32, Failure>;
@@ -139,7 +143,7 @@ impl Sandbox {
             Ok(if ran >= tick / 2 { UpdateDeadline::Yield(1) } else { UpdateDeadline::Continue(1) })
         });
         store.set_epoch_deadline(1);
-        let parts = Box::new(Parts { store, funcs: None });
+        let parts = Box::new(Parts { store, funcs: None, instance: None });
         Sandbox { maker, shared, slot: Slot::Idle(parts), phase: None, failure: None, peak_memory: 0, memory_size: 0 }
     }
 
@@ -393,6 +397,24 @@ impl Sandbox {
         )))
     }
 
+    /// The processor's module rewritten to start as this instance is now: its init image (see
+    /// `image`). Only for an instance that has run `init` and served no request, so nothing of a
+    /// request is ever in an image; None when the module cannot be snapshotted.
+    pub fn init_image(&mut self) -> Result<Option<Vec<u8>>, String> {
+        let Slot::Idle(parts) = &mut self.slot else {
+            return Err("a snapshot of a sandbox that is not idle".to_owned());
+        };
+        let Some((instance, module)) = &parts.instance else {
+            return Err("a snapshot of a sandbox not started".to_owned());
+        };
+        let state = parts.store.data();
+        if state.binding.is_some() || state.phase.is_some_and(|hook| hook != Hook::Init) {
+            return Err("a snapshot of a sandbox that served a request".to_owned());
+        }
+        let Some(source) = module.0.source.clone() else { return Ok(None) };
+        image::snapshot(&source, &mut parts.store, *instance).map(Some)
+    }
+
     /// Bytes the guest may still take before its quota: what a sub-request's answer may use.
     pub fn quota_left(&self) -> usize {
         match &self.slot {
@@ -424,44 +446,24 @@ fn message(panic: &(dyn Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
+/// Makes the instance: from the processor's init image when it has one (nothing left to run), else
+/// from its module, then `_initialize` and `init`.
 async fn start(parts: &mut Parts, deadline: Instant) -> Outcome {
     let store = &mut parts.store;
     store.data_mut().deadline = deadline;
     let guest = store.data().guest.clone();
-    let exports = &guest.module.0.exports;
+    // A retry's instance runs `init` itself, to see the checkpoint the failed try left.
+    let image = guest.image().filter(|_| !store.data().has_checkpoint());
+    let module = image.map_or(&guest.module, |image| &image.module);
+    let exports = &module.0.exports;
     // The start function runs outside any hook: host calls from it are refused.
-    let instance = guest.module.0.pre.instantiate_async(&mut *store).await.map_err(classify)?;
-    let memory = instance
-        .get_module_export(&mut *store, &exports.memory)
-        .and_then(|e| e.into_memory())
-        .ok_or_else(|| Failure::new(Cause::HostError, "the memory checked at load is missing"))?;
-    let realloc = typed(store, instance, &exports.realloc)?;
-    store.data_mut().set_exports(Exports { memory, realloc });
-    let hooks = &exports.hooks;
-    let mut post_returns: [Option<TypedFunc<u32, ()>>; 5] = Default::default();
-    for (slot, export) in post_returns.iter_mut().zip(&exports.post_returns) {
-        if let Some(export) = export {
-            *slot = Some(typed(store, instance, export)?);
-        }
+    let instance = module.0.pre.instantiate_async(&mut *store).await.map_err(classify)?;
+    let funcs = instance_funcs(store, instance, exports)?;
+    parts.instance = Some((instance, module.clone()));
+    if let Some(image) = image {
+        parts.funcs = Some(funcs);
+        return Ok(image.phases);
     }
-    let funcs = Funcs {
-        init: typed(store, instance, &hooks[Hook::Init.index()])?,
-        headers: [
-            typed(store, instance, &hooks[Hook::RequestHeaders.index()])?,
-            typed(store, instance, &hooks[Hook::ResponseHeaders.index()])?,
-        ],
-        body: [
-            typed(store, instance, &hooks[Hook::RequestBody.index()])?,
-            typed(store, instance, &hooks[Hook::ResponseBody.index()])?,
-        ],
-        done: typed(store, instance, &hooks[Hook::Done.index()])?,
-        resume: typed(store, instance, &exports.resume)?,
-        post_returns,
-        post_done: match &exports.post_returns[Hook::Done.index()] {
-            Some(export) => Some(typed(store, instance, export)?),
-            None => None,
-        },
-    };
     store.data_mut().enter(Hook::Init, deadline);
     if let Some(initialize) = &exports.initialize {
         let initialize: TypedFunc<(), ()> = typed(store, instance, initialize)?;
@@ -492,6 +494,46 @@ async fn start(parts: &mut Parts, deadline: Instant) -> Outcome {
         Some(error) => Err(Failure::new(Cause::InitFailed, error)),
         None => Ok(payload & ALL_PHASES),
     }
+}
+
+/// The functions the host calls in `instance`, found through `exports`; its memory and
+/// `cabi_realloc` go to the store, for host calls.
+fn instance_funcs(
+    store: &mut Store<InstanceState>,
+    instance: Instance,
+    exports: &ExportIndex,
+) -> Result<Funcs, Failure> {
+    let memory = instance
+        .get_module_export(&mut *store, &exports.memory)
+        .and_then(|e| e.into_memory())
+        .ok_or_else(|| Failure::new(Cause::HostError, "the memory checked at load is missing"))?;
+    let realloc = typed(store, instance, &exports.realloc)?;
+    store.data_mut().set_exports(Exports { memory, realloc });
+    let hooks = &exports.hooks;
+    let mut post_returns: [Option<TypedFunc<u32, ()>>; 5] = Default::default();
+    for (slot, export) in post_returns.iter_mut().zip(&exports.post_returns) {
+        if let Some(export) = export {
+            *slot = Some(typed(store, instance, export)?);
+        }
+    }
+    Ok(Funcs {
+        init: typed(store, instance, &hooks[Hook::Init.index()])?,
+        headers: [
+            typed(store, instance, &hooks[Hook::RequestHeaders.index()])?,
+            typed(store, instance, &hooks[Hook::ResponseHeaders.index()])?,
+        ],
+        body: [
+            typed(store, instance, &hooks[Hook::RequestBody.index()])?,
+            typed(store, instance, &hooks[Hook::ResponseBody.index()])?,
+        ],
+        done: typed(store, instance, &hooks[Hook::Done.index()])?,
+        resume: typed(store, instance, &exports.resume)?,
+        post_returns,
+        post_done: match &exports.post_returns[Hook::Done.index()] {
+            Some(export) => Some(typed(store, instance, export)?),
+            None => None,
+        },
+    })
 }
 
 /// An export of `instance` as a typed function.

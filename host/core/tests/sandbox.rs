@@ -8,7 +8,7 @@ use wasmgate_core::calls::CallPolicy;
 use wasmgate_core::engine::Engine;
 use wasmgate_core::exchange::{Exchange, Facts};
 use wasmgate_core::failure::Cause;
-use wasmgate_core::guest::Guest;
+use wasmgate_core::guest::{Guest, Image};
 use wasmgate_core::headers::HeaderMap;
 use wasmgate_core::requests::{HostAnswer, HostRequest};
 use wasmgate_core::sandbox::{Body, Sandbox, Status};
@@ -217,4 +217,43 @@ fn every_host_import_of_the_world_is_defined_once() {
     let mut unique = names.clone();
     unique.dedup();
     assert_eq!(unique.len(), names.len());
+}
+
+#[test]
+fn an_instance_that_served_a_request_is_never_snapshotted() {
+    let (mut sandbox, _exchange) = started(&guest(SET_HEADER, "i32.const 0"), 100);
+    assert_eq!(sandbox.call(Hook::RequestHeaders, None, false, true), Status::Done(0));
+    sandbox.unbind();
+    assert_eq!(sandbox.init_image().unwrap_err(), "a snapshot of a sandbox that served a request");
+}
+
+#[test]
+fn an_instance_of_the_init_image_starts_as_init_left_memory_without_running_it() {
+    // init counts its runs in memory; request headers sets x-name to that count as a digit.
+    let counting = guest(SET_HEADER, "i32.const 0")
+        .replace(
+            "i32.const 0 i32.const 0 i32.store8 i32.const 4 i32.const 31 i32.store8 i32.const 0)",
+            "i32.const 1040 i32.const 1040 i32.load8_u i32.const 1 i32.add i32.store8 \
+             i32.const 0 i32.const 0 i32.store8 i32.const 4 i32.const 31 i32.store8 i32.const 0)",
+        )
+        .replace(r#"(data (i32.const 1040) "value")"#, r#"(data (i32.const 1040) "0")"#)
+        .replace("i32.const 1040 i32.const 5 call $set-header", "i32.const 1040 i32.const 1 call $set-header");
+    let wasm = wat::parse_str(&counting).expect("valid WAT");
+    let module = engine().compile("counting", &wasm).expect("a module of the world");
+    let calls = CallPolicy { allow: Default::default(), max_concurrent: 4, timeout: Duration::from_secs(1) };
+    let guest =
+        Arc::new(Guest::new("counting".into(), module, b"{}".to_vec(), [Duration::from_secs(1); 6], 1 << 20, calls));
+    let mut first = engine().maker().sandbox(guest.clone());
+    assert_eq!(start(&mut first), Status::Done(31));
+    let image = first.init_image().expect("a snapshot").expect("a module wizer can snapshot");
+    let module = engine().compile("counting (initialized)", &image).expect("the image is a module of the world");
+    guest.set_image(Image { module, phases: 31 });
+    for _ in 0..2 {
+        let mut sandbox = engine().maker().sandbox(guest.clone());
+        assert_eq!(start(&mut sandbox), Status::Done(31), "the phases init chose");
+        let exchange = exchange();
+        sandbox.bind(exchange.clone(), 0);
+        assert_eq!(sandbox.call(Hook::RequestHeaders, None, false, true), Status::Done(0));
+        assert_eq!(exchange.lock().request_headers.get("x-name"), Some("1"), "init ran once, for the image");
+    }
 }

@@ -1,12 +1,12 @@
 """Where a processor's sandboxes come from: a fresh one per request, or a pool.
 
-``fresh`` (the default): every request gets a new instance, started and
-initialized for it and discarded after it. Nothing a request leaves in
-guest memory reaches another request.
+``fresh`` (the default): every request gets a new instance, started from
+the processor's init image for it and discarded after it. Nothing a
+request leaves in guest memory reaches another request.
 
-``pooled``: instances are initialized once and serve one request at a
-time, again and again, which saves a module's start and ``init`` per
-request (a Go module's start costs about 0.65 ms here). The trade-off:
+``pooled``: instances are made once and serve one request at a time,
+again and again, which saves making an instance per request (a Go
+module's costs about 0.35 ms here, mapping its image). The trade-off:
 what a processor keeps in its memory between requests (globals, its
 processor value) is still there for the next request *of the same
 processor*; a pool belongs to one processor, so nothing passes between

@@ -2,7 +2,10 @@
 
 Loading a processor compiles its module and runs its ``init`` once with its
 config: a bad module or config is found before any request, and ``init``
-tells which phases the processor takes part in.
+tells which phases the processor takes part in. The instance ``init`` left
+is then its *init image* (see the core's ``image``): every fresh instance
+starts from that memory, with ``init`` already run, and nothing of any
+request in it.
 """
 
 from __future__ import annotations
@@ -70,12 +73,12 @@ def build_processor(
     spec: ProcessorConfig,
     module: CompiledModule,
     state: State | None = None,
-    prepared: int = PREPARED,
+    serving: bool = True,
 ) -> Processor:
     """Makes a processor and runs its ``init`` once to check it and learn its phases.
 
-    A fresh-instance processor keeps ``prepared`` instances started ahead of
-    need; a processor that is only checked, not served, keeps none.
+    One to serve (``serving``) gets its init image and, with fresh instances, instances started ahead
+    of need; one that is only checked gets neither.
     """
     fallback = None
     if spec.fallback is not None:
@@ -91,12 +94,18 @@ def build_processor(
         list(calls.allow),
         calls.max_concurrent,
         calls.timeout,
-        prepared if spec.instances is InstanceMode.FRESH else 0,
+        PREPARED if serving and spec.instances is InstanceMode.FRESH else 0,
     )
     host = ProcessorHost(spec.name, state, GuestMetrics(spec.name))
     sandbox = Sandbox(runtime, guest, host)
     try:
         phases = sandbox.start_blocking()
+        if serving:
+            # The image depends on the config, and on the phases and metrics init chose (in the image's memory).
+            made_from = json.dumps([spec.config, phases, guest.metric_names()]).encode()
+            image = runtime.init_image(module, made_from, sandbox.init_image)
+            if image is not None:
+                guest.set_image(image, phases)
     finally:
         sandbox.close()
     guest.fill()
@@ -123,12 +132,12 @@ def load_processors(
     config: Config,
     catalog: ModuleCatalog | None = None,
     state: State | None = None,
-    prepared: int = PREPARED,
+    serving: bool = True,
 ) -> dict[str, Processor]:
     """Every processor of ``config``; all problems at once, as a ``ConfigError``.
 
     Modules come from ``catalog`` (by default, the config's module_dirs),
-    which keeps the versions of a successful load. ``prepared`` is as for
+    which keeps the versions of a successful load. ``serving`` is as for
     ``build_processor``.
     """
     catalog = catalog or ModuleCatalog.for_config(config)
@@ -151,7 +160,7 @@ def load_processors(
             problems.append(f"processors[{i}].sha256: {spec.module} has sha256 {module.sha256}, not the pinned one")
             continue
         try:
-            processors[spec.name] = build_processor(runtime, spec, module, state, prepared)
+            processors[spec.name] = build_processor(runtime, spec, module, state, serving)
         except ProcessorFailure as failure:
             problems.append(f"processors[{i}].config: init of {spec.module} failed: {failure}")
     if problems:

@@ -2,7 +2,9 @@
 
 Modules are compiled once and kept: compiled artifacts are cached on disk
 by the module's sha256 and the engine's artifact tag (its wasmtime version
-and settings), so a restart loads them instead of compiling.
+and settings), so a restart loads them instead of compiling. A processor's
+init image (its module as ``init`` left it, see the core's ``image``) is
+cached the same way, by what it was made from.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,38 +79,56 @@ class Runtime:
             self._scheduler = Scheduler(loop)
         return self._scheduler
 
+    def init_image(
+        self, module: CompiledModule, made_from: bytes, snapshot: Callable[[], bytes | None]
+    ) -> _core.Module | None:
+        """The init image of ``module`` for ``made_from`` (its config, and what its ``init`` chose and
+        declared), from the cache, else ``snapshot()`` compiled; None when it cannot be snapshotted."""
+        artifact = self._artifact("image-" + hashlib.sha256(module.sha256.encode() + made_from).hexdigest())
+        name = f"{module.name} (initialized)"
+        cached = self._load_artifact(name, artifact, None)
+        if cached is not None:
+            return cached
+        image = snapshot()
+        if image is None:
+            return None
+        core = self.engine.compile(name, image)
+        self._store_artifact(artifact, core)
+        return core
+
     def compile(self, name: str, wasm: bytes) -> CompiledModule:
         """Compiles (or loads from the caches), checks and links a module; raises ``ModuleError``."""
         sha256 = hashlib.sha256(wasm).hexdigest()
         compiled = self._linked.get((name, sha256))
         if compiled is None:
-            core = self._load_cached(name, sha256) or self._compile(name, wasm, sha256)
+            artifact = self._artifact(sha256)
+            core = self._load_artifact(name, artifact, wasm)
+            if core is None:
+                core = self.engine.compile(name, wasm)
+                self._store_artifact(artifact, core)
             compiled = CompiledModule(name, sha256, core)
             if len(self._linked) >= MAX_LINKED:
                 self._linked.pop(next(iter(self._linked)))  # the oldest: reloads make new ones
             self._linked[(name, sha256)] = compiled
         return compiled
 
-    def _artifact(self, sha256: str) -> Path | None:
-        return self._cache_dir / f"{sha256}-{self.engine.artifact_tag}.cwasm" if self._cache_dir else None
+    def _artifact(self, key: str) -> Path | None:
+        return self._cache_dir / f"{key}-{self.engine.artifact_tag}.cwasm" if self._cache_dir else None
 
-    def _load_cached(self, name: str, sha256: str) -> _core.Module | None:
-        artifact = self._artifact(sha256)
+    def _load_artifact(self, name: str, artifact: Path | None, wasm: bytes | None) -> _core.Module | None:
         if artifact is None or not artifact.exists():
             return None
         try:
-            return self.engine.load(name, artifact.read_bytes())
+            return self.engine.load(name, artifact.read_bytes(), wasm)
         except (ModuleError, OSError) as error:
             log.warning("ignoring unusable compiled artifact %s: %s", artifact, error)
             return None
 
-    def _compile(self, name: str, wasm: bytes, sha256: str) -> _core.Module:
-        module = self.engine.compile(name, wasm)
-        artifact = self._artifact(sha256)
-        if artifact is not None:
-            # The cache holds native code: private to this user, written whole or not at all.
-            artifact.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=artifact.parent, delete=False) as out:
-                out.write(module.serialize())
-            os.replace(out.name, artifact)
-        return module
+    def _store_artifact(self, artifact: Path | None, module: _core.Module) -> None:
+        if artifact is None:
+            return
+        # The cache holds native code: private to this user, written whole or not at all.
+        artifact.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=artifact.parent, delete=False) as out:
+            out.write(module.serialize())
+        os.replace(out.name, artifact)

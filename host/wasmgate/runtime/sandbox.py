@@ -231,6 +231,11 @@ class Sandbox:
     def memory_size(self) -> int:
         return self._core.memory_size
 
+    def init_image(self) -> bytes | None:
+        """The processor's module rewritten to start as this instance is now: it ran ``init`` and served
+        no request. None when the module cannot be snapshotted."""
+        return self._core.init_image()
+
     def close(self) -> None:
         """Discards the instance; its slot is free again."""
         self._core.close()

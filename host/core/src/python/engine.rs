@@ -9,7 +9,7 @@ use pyo3::types::PyBytes;
 use super::ModuleError;
 use crate::calls::CallPolicy;
 use crate::engine::Engine;
-use crate::guest::Guest;
+use crate::guest::{Guest, Image};
 use crate::janitor::Stock;
 use crate::module::Module;
 
@@ -40,13 +40,15 @@ impl PyEngine {
         compiled.map(|inner| PyModule { inner }).map_err(ModuleError::new_err)
     }
 
-    /// Links a module from the artifact `Module.serialize` made.
+    /// Links a module from the artifact `Module.serialize` made of `wasm`; without `wasm`, its
+    /// instances cannot be snapshotted.
     ///
     /// The artifact is native code: the caller must have made it, and kept it
     /// where nobody else can change it.
-    fn load(&self, py: Python<'_>, name: &str, artifact: &[u8]) -> PyResult<PyModule> {
+    #[pyo3(signature = (name, artifact, wasm))]
+    fn load(&self, py: Python<'_>, name: &str, artifact: &[u8], wasm: Option<&[u8]>) -> PyResult<PyModule> {
         // SAFETY: as documented, the gateway loads only its own artifacts from its private cache.
-        let loaded = py.detach(|| unsafe { self.inner.load(name, artifact) });
+        let loaded = py.detach(|| unsafe { self.inner.load(name, artifact, wasm) });
         loaded.map(|inner| PyModule { inner }).map_err(ModuleError::new_err)
     }
 
@@ -123,6 +125,16 @@ impl PyGuest {
     #[getter]
     fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The names of the metrics the processor declared so far, by id.
+    fn metric_names(&self) -> Vec<String> {
+        self.inner.metrics().names()
+    }
+
+    /// Fresh instances start from `module`, the processor's init image, from now on: `init` chose `phases`.
+    fn set_image(&self, module: &PyModule, phases: u32) {
+        self.inner.set_image(Image { module: module.inner.clone(), phases });
     }
 
     /// Starts keeping `prepared` started instances ready (on the engine's janitor thread).

@@ -120,6 +120,14 @@ impl PySandbox {
         Ok(self.code(status))
     }
 
+    /// The processor's module rewritten to start as this instance is now, when it has run `init`
+    /// and served no request; None when the module cannot be snapshotted (see the core's `image`).
+    fn init_image<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let sandbox = self.sandbox();
+        let image = py.detach(|| sandbox.init_image()).map_err(pyo3::exceptions::PyRuntimeError::new_err)?;
+        Ok(image.map(|bytes| PyBytes::new(py, &bytes)))
+    }
+
     /// Runs the call on after a yield or an answer.
     fn poll(&mut self) -> u32 {
         let status = self.sandbox().poll();
