@@ -9,7 +9,7 @@ import pytest
 from multidict import CIMultiDict
 
 from wasmgate.gateway import CallClient, Chain, ChainRun, LocalResponse, RequestFacts, new_exchange
-from wasmgate.runtime import Runtime
+from wasmgate.runtime import ModuleError, Runtime
 
 from .conftest import drive, make_processor
 from .wat import guest
@@ -67,6 +67,14 @@ async def test_fresh_instances_start_from_the_image_init_left_so_init_runs_once_
     assert inits_logged(caplog) == 1
 
 
+async def test_a_processor_with_init_image_false_runs_init_in_each_fresh_instance(runtime, caplog):
+    with caplog.at_level("INFO", logger="wasmgate.guest"):
+        processor = make_processor(runtime, init_leaves_seven(), init_image=False)
+        for _ in range(3):
+            await drive(runtime, [processor])
+    assert inits_logged(caplog) == 4  # at load, and in each request's instance
+
+
 async def test_a_module_that_cannot_be_snapshotted_runs_init_in_each_fresh_instance(runtime, caplog):
     # Wizer cannot snapshot a module that changes its tables.
     grows_its_table = "(table 1 funcref) (func (drop (table.grow (ref.null func) (i32.const 1))))"
@@ -75,6 +83,25 @@ async def test_a_module_that_cannot_be_snapshotted_runs_init_in_each_fresh_insta
         seen = [(await drive(runtime, [processor])).upstream_headers["x-from-init"] for _ in range(3)]
     assert seen == ["7", "7", "7"]
     assert inits_logged(caplog) == 4  # at load, and in each request's instance
+
+
+def test_a_module_exporting_a_name_the_gateway_reserves_is_refused(runtime):
+    faking = init_leaves_seven('(global (export "__wizer_memory_0") i32 (i32.const 0))')
+    with pytest.raises(ModuleError, match="exports '__wizer_memory_0': names starting __wizer_ are the gateway's"):
+        runtime.compile("faking", faking)
+
+
+def test_an_init_image_that_cannot_be_made_is_none_and_a_warning(runtime, caplog):
+    module = runtime.compile("seven", init_leaves_seven())
+
+    def broken_snapshot() -> bytes:
+        raise RuntimeError("the snapshot panicked: boom")
+
+    for snapshot in (broken_snapshot, lambda: b"\0asm not a module"):
+        assert runtime.init_image(module, repr(snapshot).encode(), snapshot) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert all("seven has no init image, so each instance runs init" in w for w in warnings)
 
 
 async def test_a_pooled_instance_serves_request_after_request(runtime):

@@ -72,6 +72,15 @@ impl Engine {
             let first = reason.lines().next().unwrap_or_default().to_owned();
             format!("module {} is not valid WebAssembly: {first}", quoted(name))
         })?;
+        // `load` tells an instrumented artifact by these names: a module may not fake one.
+        if let Some(export) = compiled.exports().find(|export| export.name().starts_with(image::RESERVED)) {
+            let export = quoted(export.name());
+            return Err(format!(
+                "module {} exports {export}: names starting {} are the gateway's",
+                quoted(name),
+                image::RESERVED
+            ));
+        }
         Module::link(name, compiled, None, &self.linker)
     }
 

@@ -24,6 +24,8 @@ use crate::instance::InstanceState;
 
 /// An export only an instrumented module has: wizer's name for its first memory.
 pub const INSTRUMENTED: &str = "__wizer_memory_0";
+/// The start of the names wizer exports: a module's own exports may not start with it.
+pub const RESERVED: &str = "__wizer_";
 
 fn wizer() -> Wizer {
     let mut wizer = Wizer::new();

@@ -412,7 +412,11 @@ impl Sandbox {
             return Err("a snapshot of a sandbox that served a request".to_owned());
         }
         let Some(source) = module.0.source.clone() else { return Ok(None) };
-        image::snapshot(&source, &mut parts.store, *instance).map(Some)
+        let instance = *instance;
+        // Wizer's own bugs must not take the gateway down: a panic is an error, and no image.
+        catch_unwind(AssertUnwindSafe(|| image::snapshot(&source, &mut parts.store, instance)))
+            .unwrap_or_else(|panic| Err(format!("the snapshot panicked: {}", message(panic.as_ref()))))
+            .map(Some)
     }
 
     /// Bytes the guest may still take before its quota: what a sub-request's answer may use.

@@ -106,6 +106,9 @@ class ProcessorConfig(_Model):
     """fresh: a new instance per request. pooled: initialized instances serve one request
     at a time, again and again (state may persist between requests of this processor)."""
     pool: PoolConfig = PoolConfig()
+    init_image: bool = True
+    """Fresh instances start from a snapshot of the instance init left, init run once per load. False:
+    each instance runs init, for a guest that must draw randomness or read the clock there per request."""
     phase_retries: int = Field(0, ge=0, le=3)
     """Tries of a phase again, on a fresh instance, after a trap, timeout or memory_limit failure;
     the processor's checkpoint carries over. Then the failure mode applies."""

@@ -3,9 +3,11 @@
 Loading a processor compiles its module and runs its ``init`` once with its
 config: a bad module or config is found before any request, and ``init``
 tells which phases the processor takes part in. The instance ``init`` left
-is then its *init image* (see the core's ``image``): every fresh instance
-starts from that memory, with ``init`` already run, and nothing of any
-request in it.
+is then its *init image* (see the core's ``image``): fresh instances start
+from that memory, with ``init`` already run and nothing of any request in
+it; except a retry's instance, which runs ``init`` to see the checkpoint,
+and the instances of a module that cannot be snapshotted or of a processor
+with ``init_image: false``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from ..state import State
 from .exchange import LocalResponse
 from .host import ProcessorHost
 from .instances import SandboxPool
+
+MAX_IMAGE_BYTES = 64 * 2**20
+"""Past this much memory after init, a processor gets no init image: making one copies its memory a few times."""
 
 PREPARED = 8
 """Instances of a fresh-instance processor kept started ahead of need: a request takes one instead of
@@ -78,7 +83,7 @@ def build_processor(
     """Makes a processor and runs its ``init`` once to check it and learn its phases.
 
     One to serve (``serving``) gets its init image and, with fresh instances, instances started ahead
-    of need; one that is only checked gets neither.
+    of need; one that is only checked gets neither (nor does ``bench/runtime.py``'s "no image" case).
     """
     fallback = None
     if spec.fallback is not None:
@@ -100,10 +105,11 @@ def build_processor(
     sandbox = Sandbox(runtime, guest, host)
     try:
         phases = sandbox.start_blocking()
-        if serving:
-            # The image depends on the config, and on the phases and metrics init chose (in the image's memory).
-            made_from = json.dumps([spec.config, phases, guest.metric_names()]).encode()
-            image = runtime.init_image(module, made_from, sandbox.init_image)
+        if serving and spec.init_image and sandbox.memory_size <= MAX_IMAGE_BYTES:
+            # What the image depends on: its processor (never shared), config and limit, and the phases
+            # and metric numbers init chose, which its memory holds.
+            made_from = json.dumps([spec.name, spec.config, spec.memory_limit, phases, guest.metric_names()])
+            image = runtime.init_image(module, made_from.encode(), sandbox.init_image)
             if image is not None:
                 guest.set_image(image, phases)
     finally:

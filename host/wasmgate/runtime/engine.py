@@ -89,11 +89,17 @@ class Runtime:
         cached = self._load_artifact(name, artifact, None)
         if cached is not None:
             return cached
-        image = snapshot()
-        if image is None:
+        try:
+            image = snapshot()
+            core = None if image is None else self.engine.compile(name, image)
+        except (RuntimeError, ModuleError) as error:  # an image saves time, and is never needed
+            log.warning("%s has no init image, so each instance runs init: %s", module.name, error)
             return None
-        core = self.engine.compile(name, image)
-        self._store_artifact(artifact, core)
+        if core is not None:
+            try:
+                self._store_artifact(artifact, core)
+            except OSError as error:
+                log.warning("init image of %s not cached: %s", module.name, error)
         return core
 
     def compile(self, name: str, wasm: bytes) -> CompiledModule:
