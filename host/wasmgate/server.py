@@ -71,7 +71,11 @@ def shared_state(config: Config) -> tuple[Config, MemoryState | None]:
 
 
 async def listen(application: web.Application, address: str, reuse_port: bool) -> web.AppRunner:
-    runner = web.AppRunner(application, access_log=None, handle_signals=False)
+    # Bodies pass as sent: a server that decoded them would forward bytes that do not match their framing.
+    # A client that leaves cancels its handler, and the upstream call it waits on with it.
+    runner = web.AppRunner(
+        application, access_log=None, handle_signals=False, auto_decompress=False, handler_cancellation=True
+    )
     await runner.setup()
     host, port = split_address(address)
     await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024).start()

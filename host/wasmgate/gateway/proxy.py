@@ -27,7 +27,7 @@ from ..metrics import flush as flush_metrics
 from ..runtime import Runtime, Scheduler
 from .chain import BodySource, ChainRun, StreamAborted
 from .exchange import MANAGED_HEADERS, Exchange, LocalResponse, RequestFacts, new_exchange
-from .routing import Route, match, upstream_url
+from .routing import Route, match, target_problem, upstream_url
 from .subrequests import DEPTH_HEADER, CallClient
 
 log = logging.getLogger("wasmgate.proxy")
@@ -94,6 +94,10 @@ class Gateway:
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
+        problem = target_problem(request.raw_path)
+        if problem is not None:
+            REQUESTS.labels("", "400").inc()
+            return _error(400, "bad_request_target", problem)
         route = match(self.routes, request.method, request.path, request.headers)
         if route is None:
             REQUESTS.labels("", "404").inc()
@@ -102,6 +106,12 @@ class Gateway:
         if depth is None or depth > self.max_depth:
             route.metrics.served(508)
             return _error(508, "loop_detected", f"{DEPTH_HEADER} must be a number of at most {self.max_depth}")
+        coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if coding != "identity" and route.chain.hooks_request_body:
+            # The gateway decodes no body: its processors would read the coded bytes, not the content.
+            route.metrics.served(415)
+            refused = "this route's processors read bodies as sent, so its requests take no Content-Encoding"
+            return _error(415, "unsupported_content_encoding", refused)
         request_id = _request_id(request.headers)
         client = request.remote or ""
         facts = RequestFacts(
@@ -150,7 +160,7 @@ class Gateway:
         except (aiohttp.ClientError, TimeoutError) as failure:
             # A processor that answers while the request body streams stops the body (``run.interrupt``
             # is its answer); aiohttp reports that as a connection error of its own.
-            local = run.interrupt or _upstream_error(upstream_base, failure)
+            local = run.interrupt or _upstream_error(run, upstream_base, failure)
             return await _answer(request, run, await run.respond_locally(local))
         route.metrics.upstream_seconds.observe(time.perf_counter() - sent)
 
@@ -160,7 +170,8 @@ class Gateway:
                     upstream.status, _response_headers(upstream.headers), await _response_body(request, upstream)
                 )
             except aiohttp.ClientError as failure:  # the body broke off while read whole, before any hook saw it
-                return await _answer(request, run, await run.respond_locally(_upstream_error(upstream_base, failure)))
+                error = _upstream_error(run, upstream_base, failure)
+                return await _answer(request, run, await run.respond_locally(error))
             untouched_length = None if route.chain.hooks_response_body else upstream.content_length
             return await _answer(request, run, final, untouched_length)
 
@@ -274,10 +285,12 @@ async def _answer(
     return response
 
 
-def _upstream_error(upstream: str, failure: aiohttp.ClientError | TimeoutError) -> LocalResponse:
+def _upstream_error(run: ChainRun, upstream: str, failure: aiohttp.ClientError | TimeoutError) -> LocalResponse:
+    """The client's answer names no address and no exception: those are for the operator's log."""
+    log.warning("request %s: upstream %s failed: %s", run.facts.request_id, upstream, repr(failure))
     if isinstance(failure, TimeoutError):
-        return _gateway_error(504, "upstream_timeout", f"{upstream} did not answer in time")
-    return _gateway_error(502, "upstream_unavailable", f"{upstream}: {failure}")
+        return _gateway_error(504, "upstream_timeout", "the upstream did not answer in time")
+    return _gateway_error(502, "upstream_unavailable", "the upstream could not be reached")
 
 
 def _gateway_error(status: int, kind: str, message: str) -> LocalResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,16 @@ def build_routes(routes: Sequence[RouteConfig], processors: Mapping[str, Process
         )
         for route in routes
     ]
+
+
+def target_problem(raw_path: str) -> str | None:
+    """Why a request target is refused, if it is: routing and the upstream must see the same path."""
+    if not raw_path.startswith("/"):
+        return "only origin-form request targets are served (RFC 9112 3.2.1)"
+    path = urllib.parse.unquote(raw_path.partition("?")[0])
+    if any(segment in (".", "..") for segment in path.split("/")):
+        return "the path has dot-segments, which an upstream may resolve differently (RFC 3986 5.2.4)"
+    return None
 
 
 def match(routes: Sequence[Route], method: str, path: str, headers: Mapping[str, str]) -> Route | None:
