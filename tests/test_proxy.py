@@ -16,7 +16,7 @@ from yarl import URL
 
 from wasmgate.gateway.subrequests import DEPTH_HEADER
 
-from .conftest import module_bytes, route
+from .conftest import free_port, module_bytes, route
 from .wat import guest
 
 
@@ -75,14 +75,27 @@ async def test_a_request_id_of_printable_ascii_is_kept(start):
     assert (status, headers["x-request-id"]) == (200, "req-1/a.b_c:d")
 
 
-async def test_a_depth_header_that_is_not_ascii_digits_is_a_508(start):
+async def test_a_depth_header_that_is_not_ascii_digits_is_a_400(start):
     gateway = await start({"routes": [route()]})
     for value in ("\u00b2".encode(), "\u0663".encode(), b"-1", b""):
-        status, _, body = await exchange_raw(
-            gateway, b"GET / HTTP/1.1\r\nHost: h\r\n" + DEPTH_HEADER.encode() + b": " + value + b"\r\n"
-        )
-        assert status == 508, value
-        assert json.loads(body)["error"]["type"] == "loop_detected"
+        head = b"GET / HTTP/1.1\r\nHost: h\r\n" + DEPTH_HEADER.encode() + b": " + value + b"\r\n"
+        status, _, body = await exchange_raw(gateway, head)
+        assert status == 400, value
+        assert json.loads(body)["error"]["type"] == "bad_depth"
+
+
+async def test_a_route_whose_upstream_is_the_gateway_itself_ends_in_a_508(start):
+    port = free_port()
+    gateway = await start({"listen": f"127.0.0.1:{port}", "routes": [route(upstream=f"http://127.0.0.1:{port}")]})
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/v1/chat") as response:
+        assert response.status == 508
+        assert (await response.json())["error"]["type"] == "loop_detected"
+
+
+async def test_the_upstream_gets_the_depth_guard(start):
+    gateway = await start({"routes": [route()]})
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/") as response:
+        assert (await response.json())["headers"][DEPTH_HEADER.lower()] == "1"
 
 
 async def test_hop_by_hop_headers_stop_at_the_gateway_both_ways(start):

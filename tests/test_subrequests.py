@@ -284,13 +284,13 @@ async def test_a_request_deeper_than_the_limit_is_refused_with_508(runtime, tmp_
     try:
         async with aiohttp.ClientSession() as client:
             statuses = []
-            for depth in ("2", "3", "x"):
+            for depth in ("2", "3"):
                 async with client.get(f"http://{host}:{port}/", headers={"Wasmgate-Depth": depth}) as response:
                     statuses.append(response.status)
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
-    assert statuses == [200, 508, 508]
+    assert statuses == [200, 508]
 
 
 async def test_calls_are_counted_by_origin_and_outcome(runtime, service):

@@ -103,9 +103,12 @@ class Gateway:
             REQUESTS.labels("", "404").inc()
             return _error(404, "no_route", f"no route matches {request.method} {request.path}")
         depth = _depth(request.headers)
-        if depth is None or depth > self.max_depth:
+        if depth is None:
+            route.metrics.served(400)
+            return _error(400, "bad_depth", f"{DEPTH_HEADER} must be a number of ASCII digits")
+        if depth > self.max_depth:
             route.metrics.served(508)
-            return _error(508, "loop_detected", f"{DEPTH_HEADER} must be a number of at most {self.max_depth}")
+            return _error(508, "loop_detected", f"{DEPTH_HEADER} is over {self.max_depth}: a request loops")
         coding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if coding != "identity" and route.chain.hooks_request_body:
             # The gateway decodes no body: its processors would read the coded bytes, not the content.
@@ -143,6 +146,7 @@ class Gateway:
             return await _answer(request, run, await run.respond_locally(forwarded))
 
         headers = _upstream_headers(exchange, request, untouched=not route.chain.hooks_request_body)
+        headers[DEPTH_HEADER] = str(run.depth + 1)  # an upstream that is this gateway again ends the loop
         upstream_base = exchange.upstream
         if route.chain.hooks_response_body:
             headers["Accept-Encoding"] = "identity"  # processors read bodies as sent, not compressed
