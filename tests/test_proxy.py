@@ -98,6 +98,34 @@ async def test_the_upstream_gets_the_depth_guard(start):
         assert (await response.json())["headers"][DEPTH_HEADER.lower()] == "1"
 
 
+SPOOFED = {
+    "X-Forwarded-For": "203.0.113.7",
+    "X-Forwarded-Host": "bank.example",
+    "X-Forwarded-Proto": "https",
+    "Forwarded": "for=203.0.113.7",
+    "X-Real-IP": "203.0.113.7",
+}
+
+
+async def test_a_clients_forwarding_headers_are_replaced_by_the_gateways_own(start):
+    gateway = await start({"routes": [route()]})
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/", headers=SPOOFED) as response:
+        seen = (await response.json())["headers"]
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] != "bank.example"
+    assert not {"forwarded", "x-real-ip"} & set(seen)
+
+
+async def test_a_trusted_proxys_forwarding_headers_are_passed_on(start):
+    gateway = await start({"trusted_proxies": ["127.0.0.0/8"], "routes": [route()]})
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/", headers=SPOOFED) as response:
+        seen = (await response.json())["headers"]
+    assert seen["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert (seen["x-forwarded-host"], seen["x-forwarded-proto"]) == ("bank.example", "https")
+    assert (seen["forwarded"], seen["x-real-ip"]) == ("for=203.0.113.7", "203.0.113.7")
+
+
 async def test_hop_by_hop_headers_stop_at_the_gateway_both_ways(start):
     gateway = await start({"routes": [route()]})
     headers = {"Connection": "x-secret", "x-secret": "1", "Keep-Alive": "timeout=5", "TE": "trailers", "x-kept": "2"}

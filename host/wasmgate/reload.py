@@ -155,6 +155,7 @@ class Reloader:
                 log.warning("config key %s changed; it takes effect at the next restart", key)
         self._gateway.routes = build_routes(config.routes, processors)
         self._gateway.max_depth = config.max_subrequest_depth
+        self._gateway.trusted_proxies = config.trusted_proxies
         publish(processors, self._processors)
         if config.module_dirs != self._config.module_dirs:
             self._rewatch.set()

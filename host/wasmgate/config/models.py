@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yarl
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validator, model_validator
 
 from .references import ModuleReference
 from .units import Address, Duration, Origin, Size, Upstream
@@ -213,6 +213,9 @@ class Config(_Model):
     sandbox: SandboxConfig = SandboxConfig()
     oci: OciConfig = OciConfig()
     state: StateConfig = StateConfig()
+    trusted_proxies: list[IPvAnyNetwork] = []
+    """Clients whose X-Forwarded-*, Forwarded and X-Real-IP headers are passed on; from any other
+    client they are dropped and the gateway's own set."""
     max_subrequest_depth: int = Field(3, ge=0, le=32)
     """Requests carrying a ``Wasmgate-Depth`` over this are refused: processors calling
     back into a gateway cannot loop."""

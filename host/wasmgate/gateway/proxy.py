@@ -15,6 +15,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_address
 
 import aiohttp
 from aiohttp import web
@@ -46,8 +47,16 @@ def new_request_id() -> str:
 
 
 class Gateway:
-    def __init__(self, routes: Sequence[Route], runtime: Runtime, upstream: UpstreamConfig, max_depth: int) -> None:
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        runtime: Runtime,
+        upstream: UpstreamConfig,
+        max_depth: int,
+        trusted_proxies: Sequence[IPv4Network | IPv6Network] = (),
+    ) -> None:
         self.routes = routes
+        self.trusted_proxies = trusted_proxies
         self.runtime = runtime
         self.calls = CallClient()
         self._upstream = upstream
@@ -120,7 +129,7 @@ class Gateway:
         facts = RequestFacts(
             request.method, request.path, request.query_string, request_id, route.name, route.tenant, client
         )
-        headers = _forwardable(request, request_id, client)
+        headers = _forwardable(request, request_id, client, _trusted(client, self.trusted_proxies))
         exchange = new_exchange(facts, headers, route.upstream, len(route.chain.processors))
         assert self._scheduler is not None, "the gateway serves once started"
         run = ChainRun(route.chain, facts, exchange, self.runtime, self._scheduler, self.calls, depth)
@@ -235,9 +244,25 @@ def _connection_scoped(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return MANAGED_HEADERS | listed if listed else MANAGED_HEADERS
 
 
-def _forwardable(request: web.Request, request_id: str, client: str) -> CIMultiDict[str]:
+FORWARDING_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
+"""What a client says about where a request came from: believed only from a trusted proxy."""
+
+
+def _trusted(client: str, proxies: Sequence[IPv4Network | IPv6Network]) -> bool:
+    if not proxies:
+        return False
+    try:
+        address = ip_address(client)
+    except ValueError:  # a Unix socket's peer, say
+        return False
+    return any(address in network for network in proxies)
+
+
+def _forwardable(request: web.Request, request_id: str, client: str, trusted: bool) -> CIMultiDict[str]:
     """The request headers processors see and the upstream gets."""
     drop = _connection_scoped(request.headers)
+    if not trusted:
+        drop = drop | FORWARDING_HEADERS
     headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
     headers["X-Request-Id"] = request_id
     prior = headers.get("X-Forwarded-For")
