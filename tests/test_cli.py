@@ -80,6 +80,18 @@ def test_check_and_run_refuse_more_instance_slots_than_the_machines_memory_mappi
         assert "Traceback" not in result.stderr
 
 
+def test_check_and_run_refuse_a_cache_dir_open_to_other_users(tmp_path: Path):
+    cache = tmp_path / "shared-cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"module_dirs": ["."], "cache_dir": str(cache)}))
+    for command in ("check", "run"):
+        result = wasmgate(command, "--config", str(config))
+        assert result.returncode == 1, command
+        assert f"cache_dir: {cache} is open to other users (mode 777); chmod 700 it" in result.stderr, command
+
+
 def test_config_explain_prints_the_effective_config(tmp_path: Path):
     config = write_config(tmp_path, processors=[{"name": "p", "module": "m"}])
     result = wasmgate("config", "--explain", str(config))

@@ -264,3 +264,11 @@ async def test_a_state_backends_bug_fails_the_call_with_host_error_and_is_logged
         broken.remove()
     assert (driven.status, json.loads(driven.body)["error"]["cause"]) == (503, "host_error")
     assert [record.exc_info is not None for record in caplog.records if record.name == "wasmgate.sandbox"] == [True]
+
+
+def test_the_memory_database_is_readable_by_its_user_only():
+    made = MemoryState.create()
+    try:
+        assert made.path.stat().st_mode & 0o777 == 0o600
+    finally:
+        made.remove()

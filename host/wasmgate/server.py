@@ -49,17 +49,33 @@ def check(config: Config) -> None:
 
 
 def check_machine(config: Config) -> None:
-    """Raises ``ConfigError`` when this machine cannot hold what ``config`` asks for."""
+    """Raises ``ConfigError`` when this machine cannot hold what ``config`` asks for, or safely."""
+    problems = []
     allowed = instances_allowed()
     if allowed is not None and config.sandbox.max_instances > allowed:
-        raise ConfigError(
-            "config",
-            [
-                f"sandbox.max_instances: {config.sandbox.max_instances} is more instance slots than this machine's"
-                f" memory mappings leave room for ({allowed}, from vm.max_map_count); lower it or raise"
-                " vm.max_map_count"
-            ],
+        problems.append(
+            f"sandbox.max_instances: {config.sandbox.max_instances} is more instance slots than this machine's"
+            f" memory mappings leave room for ({allowed}, from vm.max_map_count); lower it or raise"
+            " vm.max_map_count"
         )
+    if config.cache_dir is not None and (problem := _not_private(config.cache_dir)):
+        problems.append(f"cache_dir: {problem}")
+    if problems:
+        raise ConfigError("config", problems)
+
+
+def _not_private(directory: Path) -> str | None:
+    """Why ``directory`` may not hold the cache, if it may not: it holds native code the gateway runs, and
+    init images with what processors' configs hold."""
+    try:
+        status = directory.stat()
+    except FileNotFoundError:
+        return None  # made private when first written
+    if status.st_uid != os.getuid():
+        return f"{directory} belongs to another user"
+    if status.st_mode & 0o077:
+        return f"{directory} is open to other users (mode {status.st_mode & 0o777:o}); chmod 700 it"
+    return None
 
 
 def shared_state(config: Config) -> tuple[Config, MemoryState | None]:

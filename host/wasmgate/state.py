@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 import uuid
@@ -102,7 +103,10 @@ class MemoryState:
     def create(cls) -> MemoryState:
         """A new database, in shared memory where there is some."""
         directory = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
-        return cls(directory / f"wasmgate-state-{uuid.uuid4().hex}.sqlite")
+        path = directory / f"wasmgate-state-{uuid.uuid4().hex}.sqlite"
+        # This user's only (SQLite gives its journal files the same mode); a name nobody holds yet.
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return cls(path)
 
     async def close(self) -> None:
         self._db.close()

@@ -43,7 +43,8 @@ class ModuleCatalog:
 
     @classmethod
     def for_config(cls, config: Config) -> ModuleCatalog:
-        cache = config.cache_dir or Path(tempfile.gettempdir()) / "wasmgate"
+        # Without a cache dir, pulls go to a directory of this process's own, never a shared one.
+        cache = config.cache_dir or Path(tempfile.mkdtemp(prefix="wasmgate-"))
         return cls(config.module_dirs, OciSource(cache, config.oci.plain_http, config.oci.auth_file))
 
     def fetch(self, spec: ProcessorConfig) -> bytes:
