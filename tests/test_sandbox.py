@@ -347,6 +347,23 @@ async def test_a_long_init_error_is_cut_at_a_character_boundary_and_is_still_ini
     assert raised.value.detail == message[:2048]
 
 
+async def test_a_guest_log_line_cannot_start_a_line_of_its_own(runtime, caplog):
+    forged = 'ok\nwasmgate.access: {"status": 200}'
+    wasm = guest(request_headers="i32.const 2 {s:msg} call $log i32.const 0", strings={"msg": forged})
+    with caplog.at_level("INFO", logger="wasmgate.guest"):
+        await drive(runtime, [make_processor(runtime, wasm)])
+    [line] = [record.getMessage() for record in caplog.records if record.name == "wasmgate.guest"]
+    assert line.endswith('ok\\x0awasmgate.access: {"status": 200}')
+
+
+async def test_an_init_error_cannot_start_a_line_of_its_own(runtime):
+    init = """i32.const 0 i32.const 1 i32.store8
+      i32.const 4 i32.const 1024 i32.store i32.const 8 i32.const 11 i32.store i32.const 0"""
+    with pytest.raises(ProcessorFailure) as raised:
+        make_processor(runtime, guest(init=init, strings={"error": "bad\r\nforged"}))
+    assert raised.value.detail == "bad\\x0d\\x0aforged"
+
+
 async def test_a_guest_log_flood_is_cut_without_failing_the_request(runtime, caplog):
     flood = """(loop $more
         i32.const 2 {s:msg} call $log

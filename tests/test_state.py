@@ -72,13 +72,15 @@ async def state(request: pytest.FixtureRequest) -> AsyncIterator[State]:
         await redis_state.close()
 
 
-def counting(key: str = "hits", delta: int = 1, window_ms: int = 60_000, limit: int | None = None) -> bytes:
+def counting(
+    key: str = "hits", delta: int = 1, window_ms: int = 60_000, limit: int | None = None, result_at: int = 256
+) -> bytes:
     """A guest that adds to a counter in request_headers and answers with the counter, as WIT lays it out."""
     return guest(
         phases=1,
         request_headers=f"""
             {{s:key}} i64.const {delta} i32.const {window_ms} i32.const {int(limit is not None)} i64.const {limit or 0}
-            i32.const 256 call $counter-add
+            i32.const {result_at} call $counter-add
             i32.const 200 i32.const 0 i32.const 0 i32.const 256 i32.const 16 call $send-response
             i32.const 1""",
         strings={"key": key},
@@ -133,6 +135,15 @@ async def test_an_add_past_a_counters_range_is_an_abi_violation_and_changes_noth
     )
     check = make_processor(runtime, counting(delta=0), name="overflowing", state=state)
     assert (await add(runtime, check))[0] == big
+
+
+async def test_an_add_whose_result_cannot_be_written_is_an_abi_violation_and_changes_nothing(runtime, state):
+    bad = make_processor(runtime, counting(result_at=0x7FFFFFF8), name="bad-pointer", state=state)
+    error = json.loads((await drive(runtime, [bad])).body)["error"]
+    assert error["cause"] == "abi_violation"
+    assert "counter-add's result" in error["message"]
+    check = make_processor(runtime, counting(delta=0), name="bad-pointer", state=state)
+    assert (await add(runtime, check))[0] == 0
 
 
 async def test_processors_never_share_keys(runtime, state):

@@ -20,7 +20,7 @@ use crate::failure::{Cause, Failure};
 use crate::headers::{HeaderMap, check_header, encode_pairs};
 use crate::instance::{InstanceState, LocalResponse};
 use crate::linking::{Imports, define};
-use crate::memory::{bytes, le_u32, lower, lower_text, pairs, text, write_area, write_u32s};
+use crate::memory::{bytes, check_area, le_u32, lower, lower_text, pairs, text, write_area, write_u32s};
 use crate::metrics::{self, Lookup, MAX_HELP_CHARS, MAX_LABEL_VALUE_BYTES, MetricKind};
 use crate::requests::{HostAnswer, HostRequest};
 
@@ -490,6 +490,8 @@ async fn counter_add(
     if window_ms == 0 {
         return Err(Failure::abi("counter-add: a window of 0 ms"));
     }
+    // Memory only grows: a return area good now is good once the add is made, which cannot be undone.
+    check_area(memory(caller), retptr, 16, 8, "counter-add's result")?;
     let limit = (has_limit & 0xff != 0).then_some(limit);
     let request = HostRequest::CounterAdd { key, delta, window_ms, limit, timeout };
     let HostAnswer::Counter { value, reset_ms, applied } = ask(caller, request).await? else {

@@ -66,11 +66,18 @@ pub fn le_u32(bytes: &[u8]) -> u32 {
     u32::from_le_bytes(bytes.try_into().expect("four bytes"))
 }
 
-/// Writes a result into the guest's return area, which the canonical ABI aligns.
-pub fn write_area(memory: &mut [u8], ptr: u32, data: &[u8], align: u32, what: &str) -> Result<(), Failure> {
+/// Checks a return area the canonical ABI aligns: for a call that must not act before it knows
+/// its result can be written.
+pub fn check_area(memory: &[u8], ptr: u32, len: usize, align: u32, what: &str) -> Result<(), Failure> {
     if !ptr.is_multiple_of(align) {
         return Err(Failure::abi(format!("{what}: return area {ptr:#x} is not {align}-byte aligned")));
     }
+    bytes(memory, ptr, len, what).map(|_| ())
+}
+
+/// Writes a result into the guest's return area, which the canonical ABI aligns.
+pub fn write_area(memory: &mut [u8], ptr: u32, data: &[u8], align: u32, what: &str) -> Result<(), Failure> {
+    check_area(memory, ptr, data.len(), align, what)?;
     bytes_mut(memory, ptr, data.len(), what)?.copy_from_slice(data);
     Ok(())
 }
