@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from wasmgate.config import ConfigError, load_config, parse_config
 from wasmgate.gateway import load_processors
 from wasmgate.server import start_gateway
 from wasmgate.sources import OciError, OciSource
+from wasmgate.sources.oci import WASM_CONFIG, module_digest
 
 from .conftest import MODULES, free_port, header_echo
 from .wat import header_setter
@@ -269,3 +271,25 @@ def test_wrong_credentials_are_refused_with_a_clear_error(auth_registry, tmp_pat
     monkeypatch.setenv("ORAS_PASS", "wrong")
     with pytest.raises(OciError, match=r"refused the credentials \(401\)"):
         auth_registry.source(tmp_path / "cache").fetch(auth_registry.ref("mods/anything"))
+
+
+@pytest.mark.parametrize(
+    ("manifest", "problem"),
+    [
+        (b'{"config": "x"}', "the registry's manifest is malformed: config: Input should be an object"),
+        (b"not json", "the registry's manifest is malformed: the manifest: Invalid JSON"),
+        (b'{"config": {"mediaType": "a", "digest": "sha256:00"}, "layers": []}', "malformed: config.digest"),
+        (
+            json.dumps(
+                {
+                    "config": {"mediaType": WASM_CONFIG, "digest": "sha256:" + "0" * 64},
+                    "layers": [{"mediaType": "application/tar", "digest": "sha256:" + "1" * 64}],
+                }
+            ).encode(),
+            "is not a Wasm module artifact",
+        ),
+    ],
+)
+def test_a_manifest_that_is_not_a_wasm_module_artifact_is_an_oci_error_naming_why(manifest, problem):
+    with pytest.raises(OciError, match=re.escape(problem)):
+        module_digest(manifest, "oci://registry.test/m:1")

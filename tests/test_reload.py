@@ -15,6 +15,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
+from wasmgate import reload as reload_module
 from wasmgate.config import load_config
 from wasmgate.server import start_gateway
 
@@ -166,3 +167,22 @@ async def test_module_info_shows_the_version_each_processor_serves(live):
         put(live.directory / "modules" / "tag.wasm", tagging("v3"))
         await live.until(client, "v3")
     assert (info(tagging("v1")), info(tagging("v3"))) == (0.0, 1.0)
+
+
+async def test_a_reload_that_fails_unexpectedly_leaves_the_old_version_serving_and_the_watch_alive(live, monkeypatch):
+    real = reload_module.load_processors
+    failures = iter([RuntimeError("a bug in loading")])
+
+    def once_broken(*args: Any, **kwargs: Any) -> Any:
+        for failure in failures:
+            raise failure
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reload_module, "load_processors", once_broken)
+    rejected = reloads("rejected")
+    put(live.directory / "modules" / "tag.wasm", tagging("v2"))
+    await next_reload("rejected", rejected)
+    async with aiohttp.ClientSession() as client:
+        assert await live.version(client) == (200, "v1")
+        put(live.directory / "modules" / "tag.wasm", tagging("v3"))  # the watch still sees changes
+        await live.until(client, "v3")

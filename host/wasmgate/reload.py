@@ -119,6 +119,9 @@ class Reloader:
                 except OciError as error:
                     log.warning("cannot poll %s: %s", reference, error)
                     continue
+                except Exception:  # a bug: polling must go on
+                    log.exception("cannot poll %s", reference)
+                    continue
                 if latest != self._catalog.oci.cached_digest(reference):
                     await self.reload(f"{reference} moved to {latest}")
                     break  # the reload took every moved tag in
@@ -138,6 +141,10 @@ class Reloader:
             except ConfigError as error:
                 RELOADS.labels("rejected").inc()
                 log.error("reload after %s rejected; the running version keeps serving:\n%s", reason, error)
+                return False
+            except Exception:  # a bug: the watch and poll tasks that asked must live on, and the old version serve
+                RELOADS.labels("rejected").inc()
+                log.exception("reload after %s failed; the running version keeps serving", reason)
                 return False
             self._apply(config, processors)
             RELOADS.labels("applied").inc()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 import threading
 import urllib.parse
@@ -32,6 +31,7 @@ from typing import Any
 import oras.container
 import oras.provider
 import requests
+from pydantic import BaseModel, Field, ValidationError
 
 from ..config.references import Reference, parse_reference
 
@@ -43,6 +43,37 @@ MAX_MODULE_BYTES = 256 * 2**20
 
 class OciError(Exception):
     """A module could not be had from a registry, and why."""
+
+
+class _Descriptor(BaseModel):
+    """A manifest's reference to a blob (OCI image spec, descriptor.md): what we read of it."""
+
+    mediaType: str  # the spec's name
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+
+
+class _Manifest(BaseModel):
+    """An OCI image manifest (OCI image spec, manifest.md): what we read of it."""
+
+    config: _Descriptor
+    layers: list[_Descriptor]
+
+
+def module_digest(raw: bytes, name: str) -> str:
+    """The digest of the module a manifest names; ``OciError`` unless it is a Wasm module artifact."""
+    try:
+        manifest = _Manifest.model_validate_json(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the manifest"
+        raise OciError(f"{name}: the registry's manifest is malformed: {where}: {first['msg']}") from None
+    media_types = [layer.mediaType for layer in manifest.layers]
+    if manifest.config.mediaType != WASM_CONFIG or media_types != [WASM_LAYER]:
+        raise OciError(
+            f"{name} is not a Wasm module artifact: expected config {WASM_CONFIG} and one {WASM_LAYER} layer,"
+            f" found config {manifest.config.mediaType} and layers {media_types}"
+        )
+    return manifest.layers[0].digest
 
 
 class _Registry(oras.provider.Registry):
@@ -100,21 +131,7 @@ class OciSource:
         raw = response.content
         if ref.digest and _digest(raw) != ref.digest:
             raise OciError(f"oci://{ref.target}: the registry's manifest has digest {_digest(raw)}, not {ref.digest}")
-        try:
-            manifest = json.loads(raw)
-        except ValueError:
-            raise OciError(f"oci://{ref.target}: the manifest is not JSON") from None
-        config = manifest.get("config", {}).get("mediaType")
-        layers = [layer for layer in manifest.get("layers", []) if layer.get("mediaType") == WASM_LAYER]
-        if config != WASM_CONFIG or len(layers) != 1 or len(manifest.get("layers", [])) != 1:
-            raise OciError(
-                f"oci://{ref.target} is not a Wasm module artifact: expected config {WASM_CONFIG} "
-                f"and one {WASM_LAYER} layer, found config {config} and {len(manifest.get('layers', []))} layer(s)"
-            )
-        digest = layers[0].get("digest", "")
-        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-            raise OciError(f"oci://{ref.target}: the layer digest {digest!r} is not a sha256 digest")
-        return digest
+        return module_digest(raw, f"oci://{ref.target}")
 
     def _download(self, ref: Reference, layer: str) -> bytes:
         client = self._client(ref)
