@@ -161,3 +161,22 @@ async def test_a_client_that_leaves_frees_the_upstream_connection_it_was_waiting
         await asyncio.wait_for(closed.wait(), 5)  # not the route's 60 s
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: h\r\nBad Name: <script>\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nX-Long: <script>" + b"a" * 70_000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: <script>\r\n" % i for i in range(200)) + b"\r\n", 400),
+    ],
+    ids=["bad header name", "header too long", "too many headers"],
+)
+async def test_a_malformed_request_is_a_json_error_that_echoes_nothing_and_logs_one_line(start, caplog, raw, status):
+    gateway = await start({"routes": [route()]})
+    answered, body = await send(gateway, raw)
+    assert answered == status
+    assert json.loads(body)["error"]["type"] == "bad_request"
+    assert b"<script>" not in body
+    assert not [record for record in caplog.records if record.exc_info]
+    assert [record.levelname for record in caplog.records if record.name == "wasmgate.edge"] == ["WARNING"]

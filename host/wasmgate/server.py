@@ -29,7 +29,7 @@ from aiohttp import web
 
 from . import logs, metrics
 from .config import Config, ConfigError, StateBackendKind, split_address
-from .gateway import Gateway, app, build_routes, load_processors
+from .gateway import EdgeRunner, Gateway, app, build_routes, load_processors
 from .reload import Reloader, publish
 from .runtime import Runtime, instances_allowed
 from .sources import ModuleCatalog
@@ -89,7 +89,8 @@ def shared_state(config: Config) -> tuple[Config, MemoryState | None]:
 async def listen(application: web.Application, address: str, reuse_port: bool) -> web.AppRunner:
     # Bodies pass as sent: a server that decoded them would forward bytes that do not match their framing.
     # A client that leaves cancels its handler, and the upstream call it waits on with it.
-    runner = web.AppRunner(
+    # A malformed request gets the gateway's own JSON answer, and no traceback (``EdgeRunner``).
+    runner = EdgeRunner(
         application, access_log=None, handle_signals=False, auto_decompress=False, handler_cancellation=True
     )
     await runner.setup()
