@@ -92,6 +92,19 @@ def test_check_and_run_refuse_a_cache_dir_open_to_other_users(tmp_path: Path):
         assert f"cache_dir: {cache} is open to other users (mode 777); chmod 700 it" in result.stderr, command
 
 
+def test_version_prints_the_packages_version():
+    result = wasmgate("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, "wasmgate 0.1.0")
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "two"])
+def test_run_refuses_a_worker_count_that_is_not_one_or_more(tmp_path: Path, workers: str):
+    config = write_config(tmp_path)
+    result = wasmgate("run", "--config", str(config), "--workers", workers)
+    assert result.returncode == 2
+    assert f"argument --workers: '{workers}' is not a number of worker processes (1 or more)" in result.stderr
+
+
 def test_config_explain_prints_the_effective_config(tmp_path: Path):
     config = write_config(tmp_path, processors=[{"name": "p", "module": "m"}])
     result = wasmgate("config", "--explain", str(config))

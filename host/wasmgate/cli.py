@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 from .config import Config, ConfigError, explain, load_config
@@ -26,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure()
     config = _load(args.config)
     try:
-        run(config, args.workers or os.cpu_count() or 1, Path(args.config))
+        run(config, args.workers or len(os.sched_getaffinity(0)), Path(args.config))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -74,17 +75,30 @@ def _demo(_: argparse.Namespace) -> int:
     return main()
 
 
+def _workers(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of worker processes (1 or more)")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wasmgate", description="An HTTP gateway running WebAssembly processors.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('wasmgate')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the gateway")
+    run = commands.add_parser(
+        "run",
+        help="run the gateway",
+        description="Runs the gateway. It reloads its config and modules live when they change, and on SIGHUP.",
+    )
     run.add_argument("--config", required=True, help="the gateway's YAML config file")
-    run.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
+    run.add_argument(
+        "--workers", type=_workers, default=0, help="worker processes (default: one per core this process may use)"
+    )
     run.set_defaults(func=_run)
 
     check = commands.add_parser("check", help="validate a config and load every module")
-    check.add_argument("--config", required=True)
+    check.add_argument("--config", required=True, help="the gateway's YAML config file")
     check.set_defaults(func=_check)
 
     config = commands.add_parser("config", help="show the effective config")
