@@ -190,7 +190,7 @@ async def start(runtime, tmp_path: Path) -> AsyncIterator[Start]:
     runners: list[web.AppRunner] = []
     upstreams = {}
     for key, name in (("${UP}", "up"), ("${UP2}", "up2")):
-        runners.append(await listen(upstream_app(name), "127.0.0.1:0", reuse_port=False))
+        runners.append(await listen(upstream_app(name), "127.0.0.1:0"))
         upstreams[key] = _url(runners[-1])
 
     async def starter(config: dict[str, Any], modules: dict[str, bytes] | None = None) -> str:
@@ -219,5 +219,5 @@ async def header_echo(name: str) -> tuple[web.AppRunner, str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
-    runner = await listen(app, "127.0.0.1:0", reuse_port=False)
+    runner = await listen(app, "127.0.0.1:0")
     return runner, _url(runner)

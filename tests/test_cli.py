@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -103,6 +104,18 @@ def test_run_refuses_a_worker_count_that_is_not_one_or_more(tmp_path: Path, work
     result = wasmgate("run", "--config", str(config), "--workers", workers)
     assert result.returncode == 2
     assert f"argument --workers: '{workers}' is not a number of worker processes (1 or more)" in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_run_on_a_held_port_says_so_in_one_line_and_exits_1(tmp_path: Path, workers: str):
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        config = write_config(tmp_path, listen=address, admin_listen=f"127.0.0.1:{free_port()}")
+        result = wasmgate("run", "--config", str(config), "--workers", workers)
+    assert result.returncode == 1
+    said = result.stderr.strip().splitlines()[-1].strip()
+    assert said == f"listen: cannot listen on {address}: Address already in use"
+    assert "Traceback" not in result.stderr
 
 
 def test_config_explain_prints_the_effective_config(tmp_path: Path):

@@ -118,7 +118,7 @@ async def test_a_go_processor_calls_out_pauses_and_acts_on_the_answer(runtime, m
 
     app = web.Application()
     app.router.add_post("/check", answer)
-    service = await listen(app, "127.0.0.1:0", reuse_port=False)
+    service = await listen(app, "127.0.0.1:0")
     host, port = service.addresses[0][:2]
     origin = f"http://{host}:{port}"
     try:

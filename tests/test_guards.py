@@ -53,8 +53,8 @@ async def upstream() -> Upstream:
 @pytest.fixture
 async def gateway(runtime, upstream) -> AsyncIterator[Gateway]:
     runners = [
-        await listen(upstream.app, "127.0.0.1:0", reuse_port=False),
-        await listen(moderation.make_app(), "127.0.0.1:0", reuse_port=False),
+        await listen(upstream.app, "127.0.0.1:0"),
+        await listen(moderation.make_app(), "127.0.0.1:0"),
     ]
     upstream_url, moderation_origin = _url(runners[0]), _url(runners[1])
 
@@ -158,7 +158,7 @@ async def test_a_classifier_that_errors_fails_the_processor_by_its_failure_mode(
 
     app = web.Application()
     app.router.add_post("/v1/moderations", broken)
-    runner = await listen(app, "127.0.0.1:0", reuse_port=False)
+    runner = await listen(app, "127.0.0.1:0")
     try:
         url = await gateway("prompt-guard", moderation_at=_url(runner))
         status, body = await post(url, "hello")

@@ -272,7 +272,7 @@ async def test_a_request_deeper_than_the_limit_is_refused_with_508(runtime, tmp_
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", upstream)
-    runners = [await listen(app, "127.0.0.1:0", reuse_port=False)]
+    runners = [await listen(app, "127.0.0.1:0")]
     host, port = runners[0].addresses[0][:2]
     config = {
         "listen": "127.0.0.1:0",

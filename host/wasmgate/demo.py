@@ -133,7 +133,7 @@ async def _run() -> bool:
     try:
         _say("starting two mock OpenAI-compatible upstreams and a mock moderation service")
         for app in (openai.make_app("upstream-a"), openai.make_app("upstream-b"), moderation.make_app()):
-            runners.append(await listen(app, "127.0.0.1:0", reuse_port=False))
+            runners.append(await listen(app, "127.0.0.1:0"))
         config = demo_config(*(_address(runner) for runner in runners))
         _say(f"loading {len(config.processors)} processors from {MODULES} (compiled once, then cached)")
         runners.append(await start_gateway(config, Runtime(cache_dir=config.cache_dir, max_instances=256)))

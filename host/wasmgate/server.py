@@ -1,11 +1,12 @@
 """Running the gateway: one process, or a supervisor and worker processes.
 
-With one worker, one process serves both listeners. With more, each worker
-is a process with its own engine, all sharing the listen port through
-SO_REUSEPORT; the supervisor checks the config and modules once before
-any worker starts, serves the admin listener (metrics of every worker,
-through prometheus-client's multiprocess mode), and restarts a worker
-that dies.
+Both listeners are bound once, first: an address in use is one clear
+error, and a second gateway on a held port fails instead of sharing it in
+silence. With one worker, one process serves both. With more, each worker
+is a process with its own engine, accepting on the supervisor's socket;
+the supervisor checks the config and modules once before any worker
+starts, serves the admin listener (metrics of every worker, through
+prometheus-client's multiprocess mode), and restarts a worker that dies.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -86,7 +88,22 @@ def shared_state(config: Config) -> tuple[Config, MemoryState | None]:
     return config.model_copy(update={"state": config.state.model_copy(update={"path": made.path})}), made
 
 
-async def listen(application: web.Application, address: str, reuse_port: bool) -> web.AppRunner:
+def bind(address: str, key: str) -> socket.socket:
+    """A listening socket on ``address``, held by this process alone; ``ConfigError`` naming ``key`` when the
+    address cannot be had (in use by another process, say: never shared with it in silence)."""
+    host, port = split_address(address)
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        listening = socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ConfigError("config", [f"{key}: cannot listen on {address}: {reason}"]) from None
+    listening.setblocking(False)
+    return listening
+
+
+async def listen(application: web.Application, address: str | socket.socket) -> web.AppRunner:
+    """Serves ``application`` on ``address``, or on a socket from ``bind``."""
     # Bodies pass as sent: a server that decoded them would forward bytes that do not match their framing.
     # A client that leaves cancels its handler, and the upstream call it waits on with it.
     # A malformed request gets the gateway's own JSON answer, and no traceback (``EdgeRunner``).
@@ -94,8 +111,11 @@ async def listen(application: web.Application, address: str, reuse_port: bool) -
         application, access_log=None, handle_signals=False, auto_decompress=False, handler_cancellation=True
     )
     await runner.setup()
-    host, port = split_address(address)
-    await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024).start()
+    if isinstance(address, socket.socket):
+        await web.SockSite(runner, address).start()
+    else:
+        host, port = split_address(address)
+        await web.TCPSite(runner, host, port, backlog=1024).start()
     return runner
 
 
@@ -103,9 +123,9 @@ RELOADER = web.AppKey("reloader", Reloader)
 
 
 async def start_gateway(
-    config: Config, runtime: Runtime, reuse_port: bool = False, config_path: Path | None = None
+    config: Config, runtime: Runtime, config_path: Path | None = None, listening: socket.socket | None = None
 ) -> web.AppRunner:
-    """Loads the processors (off the event loop) and listens on ``config.listen``.
+    """Loads the processors (off the event loop) and listens on ``config.listen`` (or ``listening``, bound to it).
 
     With ``config_path``, the config and the module directories are watched
     and reloaded live; the app's ``RELOADER`` takes SIGHUP.
@@ -126,27 +146,31 @@ async def start_gateway(
         reloader = application[RELOADER] = Reloader(gateway, runtime, catalog, state, config, processors, config_path)
         reloader.start()
         application.on_cleanup.append(lambda _: reloader.stop())
-    return await listen(application, config.listen, reuse_port)
+    return await listen(application, listening or config.listen)
 
 
 async def serve(
-    config: Config, config_path: Path | None, ready: Callable[[], None], stop: asyncio.Event, admin: bool
+    config: Config,
+    config_path: Path | None,
+    ready: Callable[[], None],
+    stop: asyncio.Event,
+    listening: socket.socket,
+    admin: socket.socket | None,
 ) -> None:
-    """Loads the processors, then serves until ``stop`` is set; SIGHUP reloads."""
+    """Loads the processors, then serves on ``listening`` (and the admin app on ``admin``) until ``stop`` is
+    set; SIGHUP reloads."""
     runtime = Runtime(cache_dir=config.cache_dir, max_instances=config.sandbox.max_instances)
     runners: list[web.AppRunner] = []
     try:
-        runners.append(await start_gateway(config, runtime, reuse_port=True, config_path=config_path))
+        runners.append(await start_gateway(config, runtime, config_path, listening))
         if RELOADER in runners[0].app:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, runners[0].app[RELOADER].request)
-        if admin:
+        if admin is not None:
             from prometheus_client import REGISTRY
 
             from .admin import admin_app
 
-            runners.append(
-                await listen(admin_app(REGISTRY, lambda: True, metrics.flush), config.admin_listen, reuse_port=False)
-            )
+            runners.append(await listen(admin_app(REGISTRY, lambda: True, metrics.flush), admin))
         _tune_garbage_collector()
         ready()
         log.info("serving on %s (pid %d)", config.listen, os.getpid())
@@ -191,18 +215,20 @@ def _run_loop(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 def run(config: Config, workers: int, config_path: Path | None = None) -> None:
     """Serves ``config``; with ``config_path``, reloads it (and the modules) live."""
     check_machine(config)
+    # Bound here once: a held address is one clear error, and the workers share this process's socket.
+    listening, admin = bind(config.listen, "listen"), bind(config.admin_listen, "admin_listen")
     if workers == 1:
-        _run_loop(lambda stop: serve(config, config_path, lambda: None, stop, admin=True))
+        _run_loop(lambda stop: serve(config, config_path, lambda: None, stop, listening, admin))
     else:
-        _supervise(config, workers, config_path)
+        _supervise(config, workers, config_path, listening, admin)
 
 
-def _worker(config: Config, config_path: Path | None, ready: Event) -> None:
+def _worker(config: Config, config_path: Path | None, ready: Event, listening: socket.socket) -> None:
     logs.configure(f"worker {os.getpid()}")
 
     async def main(stop: asyncio.Event) -> None:
         # A worker ends with its supervisor, even one killed outright (kill -9, the OOM killer): an orphan
-        # would serve on, with its old config, on a port a new gateway shares through SO_REUSEPORT.
+        # would serve on, with its old config, on the socket it shares.
         parent = multiprocessing.parent_process()
         assert parent is not None, "a worker is started by its supervisor"
         loop, supervisor = asyncio.get_running_loop(), parent.sentinel
@@ -213,12 +239,14 @@ def _worker(config: Config, config_path: Path | None, ready: Event) -> None:
             stop.set()
 
         loop.add_reader(supervisor, supervisor_gone)
-        await serve(config, config_path, ready.set, stop, admin=False)
+        await serve(config, config_path, ready.set, stop, listening, admin=None)
 
     _run_loop(main)
 
 
-def _supervise(config: Config, workers: int, config_path: Path | None) -> None:
+def _supervise(
+    config: Config, workers: int, config_path: Path | None, listening: socket.socket, admin: socket.socket
+) -> None:
     check(config)  # one clear report of every problem, before any worker starts
     config, made = shared_state(config)  # one memory database for every worker
     metrics_dir = tempfile.mkdtemp(prefix="wasmgate-metrics-")
@@ -228,7 +256,8 @@ def _supervise(config: Config, workers: int, config_path: Path | None) -> None:
 
     def start() -> tuple[SpawnProcess, Event]:
         ready = context.Event()
-        process = context.Process(target=_worker, args=(config, config_path, ready), daemon=True)
+        # The socket goes to the worker as a duplicate of this one (multiprocessing's socket pickling).
+        process = context.Process(target=_worker, args=(config, config_path, ready, listening), daemon=True)
         process.start()
         return process, ready
 
@@ -251,7 +280,7 @@ def _supervise(config: Config, workers: int, config_path: Path | None) -> None:
         def ready() -> bool:
             return all(process.is_alive() and event.is_set() for process, event in slots)
 
-        runner = await listen(admin_app(registry, ready, metrics.flush), config.admin_listen, reuse_port=False)
+        runner = await listen(admin_app(registry, ready, metrics.flush), admin)
         try:
             while not stop.is_set():
                 for i, (process, _) in enumerate(slots):
