@@ -227,10 +227,10 @@ def test_run_serves_through_its_workers_and_stops_on_sigterm(gateway):
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
-    access = [
-        json.loads(line.split("wasmgate.access: ", 1)[1]) for line in output.splitlines() if "wasmgate.access" in line
-    ]
+    lines = [json.loads(line) for line in output.splitlines()]  # JSON Lines: every line an object
+    access = [line for line in lines if line["logger"] == "wasmgate.access"]
     assert len(access) == 20
+    assert all(isinstance(line["worker"], int) for line in access)  # each says which worker served it
     assert access[0]["processors"]["tag"]["outcome"] == "continue"
     assert access[0]["status"] == 502
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
+import sys
 
 from wasmgate.logs import BatchingHandler
 
@@ -36,13 +38,57 @@ def test_a_warning_is_written_at_once_with_the_lines_before_it():
     assert raw.getvalue() == b"INFO a request\nWARNING a processor failed\n"
 
 
-def test_an_access_line_reads_as_the_same_line_logged_through_a_record():
+def stream_over(raw: io.BytesIO) -> io.TextIOWrapper:
+    return io.TextIOWrapper(io.BufferedWriter(raw, 64 * 1024), encoding="utf-8")
+
+
+def test_a_text_access_line_reads_as_the_same_line_logged_through_a_record():
     raw = io.BytesIO()
-    handler = BatchingHandler(io.TextIOWrapper(io.BufferedWriter(raw, 64 * 1024), encoding="utf-8"), " [worker 7]")
-    handler.write_info("wasmgate.access", '{"status": 200}')
+    handler = BatchingHandler(stream_over(raw), worker=7, json_lines=False)
+    handler.write_access({"status": 200})
     handler.emit(record(logging.INFO, '{"status": 200}'))
     handler.flush()
     direct, through_record = raw.getvalue().decode().splitlines()
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
     assert re.fullmatch(stamp + r' INFO \[worker 7\] wasmgate\.access: \{"status": 200\}', direct)
     assert re.sub(stamp, "", direct) == re.sub(stamp, "", through_record)
+
+
+def test_a_json_line_is_one_object_with_the_records_fields_and_no_prefix():
+    raw = io.BytesIO()
+    handler = BatchingHandler(stream_over(raw), worker=7)
+    logged = logging.LogRecord("wasmgate.guest", logging.WARNING, __file__, 1, "[p] %s", ("a\nb",), None)
+    logged.processor, logged.request_id = "p", "r-1"
+    handler.emit(logged)
+    [line] = raw.getvalue().decode().splitlines()  # the newline in the message does not start a line
+    fields = json.loads(line)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", fields.pop("time"))
+    assert fields == {
+        "level": "WARNING",
+        "logger": "wasmgate.guest",
+        "message": "[p] a\nb",
+        "processor": "p",
+        "request_id": "r-1",
+        "worker": 7,
+    }
+
+
+def test_a_json_access_line_is_the_requests_fields():
+    raw = io.BytesIO()
+    handler = BatchingHandler(stream_over(raw))
+    handler.write_access({"status": 200, "route": "chat"})
+    handler.flush()
+    fields = json.loads(raw.getvalue())
+    del fields["time"]
+    assert fields == {"level": "INFO", "logger": "wasmgate.access", "status": 200, "route": "chat"}
+
+
+def test_a_json_line_carries_the_traceback_of_an_error():
+    raw = io.BytesIO()
+    handler = BatchingHandler(stream_over(raw))
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord("wasmgate", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    handler.emit(failed)
+    assert "ValueError: boom" in json.loads(raw.getvalue())["error"]

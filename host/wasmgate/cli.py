@@ -9,7 +9,7 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from .config import Config, ConfigError, explain, load_config
+from .config import Config, ConfigError, LogFormat, explain, load_config
 
 
 def _load(path: str) -> Config:
@@ -24,8 +24,8 @@ def _run(args: argparse.Namespace) -> int:
     from . import logs
     from .server import run
 
-    logs.configure()
     config = _load(args.config)
+    logs.configure(json_lines=config.log_format is LogFormat.JSON)
     try:
         run(config, args.workers or len(os.sched_getaffinity(0)), Path(args.config))
     except ConfigError as error:

@@ -30,7 +30,7 @@ from pathlib import Path
 from aiohttp import web
 
 from . import logs, metrics
-from .config import Config, ConfigError, StateBackendKind, split_address
+from .config import Config, ConfigError, LogFormat, StateBackendKind, split_address
 from .gateway import EdgeRunner, Gateway, app, build_routes, load_processors
 from .reload import Reloader, publish
 from .runtime import Runtime, instances_allowed
@@ -224,7 +224,7 @@ def run(config: Config, workers: int, config_path: Path | None = None) -> None:
 
 
 def _worker(config: Config, config_path: Path | None, ready: Event, listening: socket.socket) -> None:
-    logs.configure(f"worker {os.getpid()}")
+    logs.configure(os.getpid(), config.log_format is LogFormat.JSON)
 
     async def main(stop: asyncio.Event) -> None:
         # A worker ends with its supervisor, even one killed outright (kill -9, the OOM killer): an orphan

@@ -70,6 +70,11 @@ class PullPolicy(enum.StrEnum):
     ALWAYS = "always"
 
 
+class LogFormat(enum.StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
 class InstanceMode(enum.StrEnum):
     FRESH = "fresh"
     POOLED = "pooled"
@@ -213,6 +218,8 @@ class Config(_Model):
     sandbox: SandboxConfig = SandboxConfig()
     oci: OciConfig = OciConfig()
     state: StateConfig = StateConfig()
+    log_format: LogFormat = LogFormat.JSON
+    """json: JSON Lines, one object per line; text: ``time LEVEL name: message`` lines."""
     trusted_proxies: list[IPvAnyNetwork] = []
     """Clients whose X-Forwarded-*, Forwarded and X-Real-IP headers are passed on; from any other
     client they are dropped and the gateway's own set."""

@@ -40,7 +40,7 @@ class EdgeRequestHandler(RequestHandler):
         log.warning("malformed request from %s refused with %d: %s", request.remote, status, reason)
         REQUESTS.labels("", str(status)).inc()
         if logs.access_log.isEnabledFor(logging.INFO):
-            logs.access(json.dumps({"status": status, "client": request.remote, "error": reason}))
+            logs.access({"status": status, "client": request.remote, "error": reason})
         error = {"type": "bad_request", "message": HTTPStatus(status).phrase}
         response = web.Response(status=status, body=json.dumps({"error": error}), content_type="application/json")
         response.force_close()

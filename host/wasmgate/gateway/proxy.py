@@ -9,7 +9,6 @@ business (``chain.ChainRun``), so this module stays a thin adapter.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import re
@@ -336,17 +335,17 @@ def _log_access(facts: RequestFacts, status: int, elapsed: float, run: ChainRun)
         return
     processors = {name: {"outcome": o.result, "ms": round(o.seconds * 1000, 3)} for name, o in run.outcomes.items()}
     logs.access(
-        json.dumps(
-            {
-                "request_id": facts.request_id,
-                "route": facts.route,
-                "method": facts.method,
-                "path": facts.path,
-                "status": status,
-                "ms": round(elapsed * 1000, 3),
-                "processors": processors,
-            }
-        )
+        {
+            "request_id": facts.request_id,
+            "route": facts.route,
+            "tenant": facts.tenant,
+            "method": facts.method,
+            "path": facts.path,
+            "status": status,
+            "client": facts.client_address,
+            "ms": round(elapsed * 1000, 3),
+            "processors": processors,
+        }
     )
 
 
