@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from wasmgate import reload as reload_module
 from wasmgate.config import load_config
+from wasmgate.reload import WATCH_DEBOUNCE_MS
 from wasmgate.server import start_gateway
 
 from .conftest import header_echo
@@ -186,3 +187,14 @@ async def test_a_reload_that_fails_unexpectedly_leaves_the_old_version_serving_a
         assert await live.version(client) == (200, "v1")
         put(live.directory / "modules" / "tag.wasm", tagging("v3"))  # the watch still sees changes
         await live.until(client, "v3")
+
+
+async def test_a_module_in_a_subdirectory_of_a_module_dir_is_not_watched(live):
+    applied = reloads("applied")
+    (live.directory / "modules" / "nested").mkdir()
+    put(live.directory / "modules" / "nested" / "tag.wasm", tagging("nested"))
+    await asyncio.sleep(WATCH_DEBOUNCE_MS / 1000 * 3)  # past the debounce a watched change would have waited
+    put(live.directory / "modules" / "tag.wasm", tagging("v2"))
+    async with aiohttp.ClientSession() as client:
+        await live.until(client, "v2")
+    assert reloads("applied") == applied + 1

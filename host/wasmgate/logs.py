@@ -138,6 +138,7 @@ def configure(worker: int | None = None, json_lines: bool = True) -> None:
     )
     _handler = handler = BatchingHandler(stderr, worker, json_lines)
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # its "N changes detected": each reload logs once
     threading.Thread(target=_flush_every, args=(handler,), name="wasmgate-log-flush", daemon=True).start()
 
 

@@ -99,7 +99,12 @@ class Reloader:
             self._rewatch.clear()
             watched = [*self._config.module_dirs, self._config_path.parent]
             paths = [path for path in watched if path.is_dir()]
-            async for changes in watchfiles.awatch(*paths, debounce=WATCH_DEBOUNCE_MS, stop_event=self._rewatch):
+            # Not recursive: modules sit in their directories, and the config's folder may hold anything
+            # (a venv, the gateway's own log) that would only cost watches and wake-ups.
+            changes_seen = watchfiles.awatch(
+                *paths, debounce=WATCH_DEBOUNCE_MS, stop_event=self._rewatch, recursive=False
+            )
+            async for changes in changes_seen:
                 changed = {Path(path) for _, path in changes}
                 if self._config_path in changed or any(path.suffix == ".wasm" for path in changed):
                     await self.reload(", ".join(sorted(path.name for path in changed)))
