@@ -118,3 +118,28 @@ def test_sandbox_threads_from_an_older_config_is_ignored_with_a_warning(caplog):
         config = parse_config({**VALID, "sandbox": {"threads": 8}}, source="old.yaml")
     assert config.sandbox.max_instances == 4096
     assert "old.yaml: sandbox.threads is ignored" in caplog.text
+
+
+def test_a_key_given_twice_is_an_error_naming_its_line(tmp_path: Path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text("processors: []\nroutes: []\nprocessors: [{name: p, module: m}]\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    twice = "the key 'processors' is given twice (while reading a mapping at line 1, column 1)"
+    assert raised.value.problems == [f"line 3, column 1: not valid YAML: {twice}"]
+
+
+def test_a_yaml_error_names_where_the_construct_left_open_began(tmp_path: Path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text("listen: 127.0.0.1:8080\nroutes: [{name: r,\n  upstream: http://u\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert "(while parsing a flow mapping at line 2, column 10)" in raised.value.problems[0]
+
+
+def test_an_empty_config_file_is_an_error(tmp_path: Path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert raised.value.problems == ["(top level): the file is empty; a config has at least its routes"]

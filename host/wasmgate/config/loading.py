@@ -6,6 +6,7 @@ filled in, in the same units a user writes."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -89,17 +90,44 @@ def parse_config(data: Any, source: str = "config", base_dir: Path | None = None
     return config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error instead of the last one winning
+    (a second ``processors:`` would silently replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Hashable] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the safe loader refuses it next, as it always has
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _mark(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
 def load_config(path: Path) -> Config:
     try:
         text = path.read_text()
     except OSError as error:
         raise ConfigError(str(path), [f"cannot read the file: {error.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a safe loader
+    except yaml.MarkedYAMLError as error:
+        where = _mark(error.problem_mark) if error.problem_mark else "(file)"
+        # The construct left open, where it opened: what a user looks for first.
+        opened = f" ({error.context} at {_mark(error.context_mark)})" if error.context and error.context_mark else ""
+        raise ConfigError(str(path), [f"{where}: not valid YAML: {error.problem}{opened}"]) from None
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        raise ConfigError(str(path), [f"{where}: not valid YAML: {getattr(error, 'problem', error)}"]) from None
+        raise ConfigError(str(path), [f"not valid YAML: {error}"]) from None
+    if data is None:
+        raise ConfigError(str(path), ["(top level): the file is empty; a config has at least its routes"])
     return parse_config(data, str(path), path.parent)
 
 
