@@ -117,8 +117,7 @@ class Gateway:
         if depth > self.max_depth:
             route.metrics.served(508)
             return _error(508, "loop_detected", f"{DEPTH_HEADER} is over {self.max_depth}: a request loops")
-        coding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if coding != "identity" and route.chain.hooks_request_body:
+        if route.chain.hooks_request_body and _coded(request.headers):
             # The gateway decodes no body: its processors would read the coded bytes, not the content.
             route.metrics.served(415)
             refused = "this route's processors read bodies as sent, so its requests take no Content-Encoding"
@@ -146,10 +145,7 @@ class Gateway:
 
     async def _proxy(self, request: web.Request, route: Route, run: ChainRun) -> web.StreamResponse:
         exchange = run.exchange
-        try:
-            forwarded = await run.process_request(await _request_body(request))
-        except ConnectionResetError:  # the client went away before its body's end: no one is left to answer
-            return web.Response(status=499)
+        forwarded = await run.process_request(await _request_body(request))
         if isinstance(forwarded, LocalResponse):
             return await _answer(request, run, await run.respond_locally(forwarded))
 
@@ -186,6 +182,10 @@ class Gateway:
                 return await _answer(request, run, await run.respond_locally(error))
             untouched_length = None if route.chain.hooks_response_body else upstream.content_length
             return await _answer(request, run, final, untouched_length)
+
+
+def _coded(headers: CIMultiDictProxy[str]) -> bool:
+    return headers.get("Content-Encoding", "identity").strip().lower() != "identity"
 
 
 def _request_id(headers: CIMultiDictProxy[str]) -> str:
@@ -237,14 +237,15 @@ async def _chunks(reader: aiohttp.StreamReader) -> BodySource:
 # -- headers -----------------------------------------------------------------------
 
 
-def _connection_scoped(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    """Hop-by-hop names, including those the message lists in its Connection header."""
+def _connection_scoped(headers: CIMultiDictProxy[str], always: frozenset[str] = MANAGED_HEADERS) -> frozenset[str]:
+    """``always`` (hop-by-hop names by default), and those the message lists in its Connection header."""
     listed = {name.strip().lower() for value in headers.getall("connection", ()) for name in value.split(",")}
-    return MANAGED_HEADERS | listed if listed else MANAGED_HEADERS
+    return always | listed if listed else always
 
 
 FORWARDING_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
 """What a client says about where a request came from: believed only from a trusted proxy."""
+_UNTRUSTED = MANAGED_HEADERS | FORWARDING_HEADERS
 
 
 def _trusted(client: str, proxies: Sequence[IPv4Network | IPv6Network]) -> bool:
@@ -259,9 +260,7 @@ def _trusted(client: str, proxies: Sequence[IPv4Network | IPv6Network]) -> bool:
 
 def _forwardable(request: web.Request, request_id: str, client: str, trusted: bool) -> CIMultiDict[str]:
     """The request headers processors see and the upstream gets."""
-    drop = _connection_scoped(request.headers)
-    if not trusted:
-        drop = drop | FORWARDING_HEADERS
+    drop = _connection_scoped(request.headers, MANAGED_HEADERS if trusted else _UNTRUSTED)
     headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
     headers["X-Request-Id"] = request_id
     prior = headers.get("X-Forwarded-For")
