@@ -71,6 +71,14 @@ def test_duplicate_names_are_reported():
     assert problems(data) == ["processors[1].name: 'a' is used twice"]
 
 
+def test_processor_names_that_would_name_their_metrics_alike_are_reported():
+    data = {"processors": [{"name": "token-count", "module": "m"}, {"name": "token.count", "module": "m"}]}
+    assert problems(data) == [
+        "processors[1].name: 'token.count' and 'token-count' would name their metrics alike"
+        " (wasmgate_guest_token_count_...); rename one"
+    ]
+
+
 def test_the_fallback_mode_needs_a_fallback_response():
     assert problems({"processors": [{"name": "a", "module": "m", "failure_mode": "fallback"}]}) == [
         "processors[0]: failure_mode fallback needs a 'fallback' response"

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
+from wasmgate.config import metric_namespace
 from wasmgate.server import listen
 from wasmgate.state import MemoryState
 
@@ -84,7 +85,8 @@ async def test_a_go_panic_reaches_the_log_under_the_processor(runtime, misbehave
 
 def tokens(kind: str, processor: str, model: str) -> float:
     labels = {"processor": processor, "model": model}
-    return REGISTRY.get_sample_value(f"wasmgate_guest_llm_{kind}_tokens_total", labels) or 0.0
+    name = f"wasmgate_guest_{metric_namespace(processor)}_llm_{kind}_tokens_total"
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_token_count_reads_a_json_completion_and_adds_headers_when_buffered(runtime):

@@ -8,7 +8,7 @@ import pytest
 from multidict import CIMultiDict
 from prometheus_client import REGISTRY
 
-from wasmgate.config import ConfigError, parse_config
+from wasmgate.config import ConfigError, metric_namespace, parse_config
 from wasmgate.gateway import load_processors
 from wasmgate.runtime import Cause, ProcessorFailure
 
@@ -51,7 +51,8 @@ async def test_pii_redact_changes_only_string_values_and_keeps_the_rest_of_the_j
 async def test_pii_redact_counts_what_it_redacted_in_its_metric(runtime, pii):
     def redacted(kind: str) -> float:
         labels = {"processor": pii.name, "kind": kind}
-        return REGISTRY.get_sample_value("wasmgate_guest_pii_redactions_total", labels) or 0.0
+        name = f"wasmgate_guest_{metric_namespace(pii.name)}_pii_redactions_total"
+        return REGISTRY.get_sample_value(name, labels) or 0.0
 
     before = redacted("email"), redacted("card")
     await drive(runtime, [pii], body=chat("a@example.com and b@example.org"))
@@ -104,7 +105,8 @@ def test_header_inject_names_a_bad_key_in_its_config(runtime):
 @pytest.fixture(scope="module")
 def router(runtime):
     config = {"routes": {"model-a": "http://a.test", "model-b": "http://b.test"}, "default": "http://default.test"}
-    return make_processor(runtime, module_bytes("body-router"), body="buffer", config=config)
+    upstreams = ["http://a.test", "http://b.test", "http://default.test"]
+    return make_processor(runtime, module_bytes("body-router"), body="buffer", config=config, upstreams=upstreams)
 
 
 async def test_body_router_sends_the_request_to_the_upstream_its_model_maps_to(runtime, router):

@@ -65,7 +65,8 @@ def test_a_processor_made_again_by_reloads_records_into_the_same_tallies():
         tallies = tallies or len(metrics._tallies)
         assert len(metrics._tallies) == tallies
     metrics.flush()
-    assert REGISTRY.get_sample_value("wasmgate_guest_reload_hits_total", {"processor": "reloaded", "k": "a"}) == 3
+    labels = {"processor": "reloaded", "k": "a"}
+    assert REGISTRY.get_sample_value("wasmgate_guest_reloaded_reload_hits_total", labels) == 3
 
 
 def test_a_metric_number_defined_twice_under_different_names_is_refused_the_second_time():
@@ -74,3 +75,20 @@ def test_a_metric_number_defined_twice_under_different_names_is_refused_the_seco
     with pytest.raises(ValueError, match="metric number 0 is taken"):
         guest.define(0, MetricKind.COUNTER, "race_second", "", [], [])
     guest.define(0, MetricKind.COUNTER, "race_first", "", [], [])  # the same definition again is no race
+
+
+def test_a_processor_declaring_another_processors_metric_name_with_another_shape_does_not_take_it():
+    squatter = GuestMetrics("squatter")
+    squatter.define(0, MetricKind.GAUGE, "llm_prompt_tokens_total", "", ["x"], [])
+    owner = GuestMetrics("token-count")
+    owner.define(0, MetricKind.COUNTER, "llm_prompt_tokens_total", "", ["model"], [])
+    owner.record([(0, ("m",), 5.0)])
+    metrics.flush()
+    labels = {"processor": "token-count", "model": "m"}
+    assert REGISTRY.get_sample_value("wasmgate_guest_token_count_llm_prompt_tokens_total", labels) == 5
+
+
+def test_a_reloaded_module_may_not_change_the_shape_of_its_processors_metric():
+    GuestMetrics("reshaped").define(0, MetricKind.COUNTER, "hits", "", ["a"], [])
+    with pytest.raises(ValueError, match="earlier module with other labels"):
+        GuestMetrics("reshaped").define(0, MetricKind.COUNTER, "hits", "", ["b"], [])

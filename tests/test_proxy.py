@@ -200,16 +200,46 @@ async def test_response_body_processors_see_each_streamed_chunk_in_order(start, 
     assert seen == received.decode().replace("\n", "\\x0a")  # each chunk, logged with its newlines escaped
 
 
-async def test_a_processor_can_choose_the_upstream(start):
-    choose = guest(
+def choosing(url: str) -> bytes:
+    """A guest that sends each request to ``url`` and answers 599 when the gateway refuses it."""
+    return guest(
         phases=1,
-        request_headers="{s:url} i32.const 64 call $set-upstream i32.const 0",
-        strings={"url": start.upstreams["${UP2}"]},
+        request_headers="""{s:url} i32.const 64 call $set-upstream
+            i32.const 64 i32.load
+            if i32.const 599 i32.const 0 i32.const 0 i32.const 0 i32.const 0 call $send-response i32.const 1 return end
+            i32.const 0""",
+        strings={"url": url},
     )
-    config = {"processors": [{"name": "pick", "module": "pick"}], "routes": [route(processors=["pick"])]}
-    gateway = await start(config, {"pick": choose})
+
+
+async def test_a_processor_can_choose_an_upstream_it_lists(start):
+    config = {
+        "processors": [{"name": "pick", "module": "pick", "upstreams": ["${UP2}"]}],
+        "routes": [route(processors=["pick"])],
+    }
+    gateway = await start(config, {"pick": choosing(start.upstreams["${UP2}"] + "/any/path")})
     async with aiohttp.ClientSession() as client, client.get(f"{gateway}/v1/m") as response:
         assert (await response.json())["served_by"] == "up2"
+
+
+async def test_a_processor_may_choose_another_routes_upstream_by_default(start):
+    config = {
+        "processors": [{"name": "pick", "module": "pick"}],
+        "routes": [route(processors=["pick"]), route(name="other", upstream="${UP2}", match={"path_prefix": "/o/"})],
+    }
+    gateway = await start(config, {"pick": choosing(start.upstreams["${UP2}"])})
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/v1/m") as response:
+        assert (await response.json())["served_by"] == "up2"
+
+
+async def test_a_processor_choosing_an_origin_it_does_not_list_is_refused(start):
+    config = {
+        "processors": [{"name": "pick", "module": "pick", "upstreams": ["${UP}"]}],
+        "routes": [route(processors=["pick"])],
+    }
+    gateway = await start(config, {"pick": choosing(start.upstreams["${UP2}"])})
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/v1/m") as response:
+        assert response.status == 599  # the guest saw set-upstream's error
 
 
 async def test_a_large_streamed_request_body_flows_through_a_streaming_processor(start):
@@ -275,7 +305,15 @@ async def test_an_email_in_a_chat_request_reaches_the_upstream_redacted(start):
 async def test_a_body_routed_request_reaches_the_upstream_its_model_selects(start):
     routes = {"model-a": "${UP}", "model-b": "${UP2}"}
     config = {
-        "processors": [{"name": "router", "module": "body-router", "body": "buffer", "config": {"routes": routes}}],
+        "processors": [
+            {
+                "name": "router",
+                "module": "body-router",
+                "body": "buffer",
+                "config": {"routes": routes},
+                "upstreams": list(routes.values()),
+            }
+        ],
         "routes": [route(processors=["router"])],
     }
     gateway = await start(config, {"body-router": module_bytes("body-router")})

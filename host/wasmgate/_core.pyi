@@ -57,6 +57,7 @@ class Guest:
         timeouts: list[float],
         memory_limit: int,
         allow: list[str],
+        upstreams: list[str],
         max_concurrent: int,
         call_timeout: float,
         prepared: int,

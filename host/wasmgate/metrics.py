@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from .config import metric_namespace
 from .runtime import Cause, Hook, MetricKind
 
 _FAST = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -272,12 +273,13 @@ _families_lock = threading.Lock()
 
 
 class GuestMetrics:
-    """The metrics one processor declared, exported as ``wasmgate_guest_<name>``.
+    """The metrics one processor declared, exported as ``wasmgate_guest_<processor>_<name>``.
 
     The core checks each definition and record (names, labels, bounds, values)
-    and numbers the metrics; here they are made and recorded. Every series
-    carries the ``processor`` label, so processors sharing a metric name stay
-    apart. Bounded: at most ``MAX_SERIES_PER_METRIC`` label sets per metric.
+    and numbers the metrics; here they are made and recorded. A processor's
+    metric names are its own: another processor, another tenant's, declaring
+    the same name makes another metric. Every series carries the ``processor``
+    label too. Bounded: at most ``MAX_SERIES_PER_METRIC`` label sets per metric.
     """
 
     def __init__(self, processor: str) -> None:
@@ -289,9 +291,10 @@ class GuestMetrics:
     def define(
         self, metric: int, kind: MetricKind, name: str, help_text: str, labels: list[str], buckets: list[float]
     ) -> None:
-        """Makes metric number ``metric``; ``ValueError`` when another processor declared the name otherwise."""
+        """Makes metric number ``metric``; ``ValueError`` when an earlier module of this processor declared the
+        name otherwise."""
         shape = (kind, ("processor", *labels), tuple(buckets))
-        family = _family(name, help_text, shape)
+        family = _family(f"wasmgate_guest_{metric_namespace(self._processor)}_{name}", help_text, shape)
         with self._lock:
             made = self._metrics.setdefault(metric, (kind, family, {}))
         if made[1] is not family:  # two instances raced to define different metrics under one number
@@ -330,16 +333,19 @@ def _guest_tally(kind: MetricKind, family: Counter | Gauge | Histogram, labels: 
         return tally
 
 
-def _family(name: str, help_text: str, shape: _Shape) -> Counter | Gauge | Histogram:
-    """The process-wide Prometheus family for a guest metric name."""
+def _family(full: str, help_text: str, shape: _Shape) -> Counter | Gauge | Histogram:
+    """The process-wide Prometheus family named ``full``: made once, and kept across reloads, which
+    Prometheus's scrapes need."""
     kind, labels, buckets = shape
     with _families_lock:
-        existing = _families.get(name)
+        existing = _families.get(full)
         if existing is not None:
             if existing[0] != shape:
-                raise ValueError(f"metric {name!r} is already declared by another processor with another shape")
+                raise ValueError(
+                    f"metric {full!r} was declared by this processor's earlier module with other labels or"
+                    " buckets; a metric keeps its shape until the gateway restarts"
+                )
             return existing[1]
-        full = f"wasmgate_guest_{name}"
         family: Counter | Gauge | Histogram
         if kind is MetricKind.COUNTER:
             family = Counter(full, help_text, labels)
@@ -347,5 +353,5 @@ def _family(name: str, help_text: str, shape: _Shape) -> Counter | Gauge | Histo
             family = Gauge(full, help_text, labels, multiprocess_mode="livesum")
         else:
             family = Histogram(full, help_text, labels, buckets=buckets or Histogram.DEFAULT_BUCKETS)
-        _families[name] = (shape, family)
+        _families[full] = (shape, family)
         return family

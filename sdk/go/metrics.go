@@ -3,7 +3,7 @@
 package wasmgate
 
 // Metric is a processor-defined Prometheus metric, exported by the gateway
-// as wasmgate_guest_<name> with a processor label. It is declared on first
+// as wasmgate_guest_<processor>_<name> with a processor label. It is declared on first
 // use; if the gateway refuses it (a bad name, say), the reason is logged
 // once and records are dropped.
 type Metric struct {

@@ -2,7 +2,8 @@
 // JSON body, or in the last events of a server-sent event stream, as
 // stream_options.include_usage sends it) and counts prompt and completion
 // tokens in processor metrics labelled by model:
-// wasmgate_guest_llm_prompt_tokens_total and wasmgate_guest_llm_completion_tokens_total.
+// wasmgate_guest_<processor>_llm_prompt_tokens_total and
+// wasmgate_guest_<processor>_llm_completion_tokens_total.
 //
 // Config (optional): {"headers": true} also adds x-tokens-prompt and
 // x-tokens-completion to the response; give the processor body: buffer then,

@@ -17,23 +17,43 @@ use crate::headers::is_token;
 /// Set on every sub-request by the gateway; a processor may not set them.
 pub const GATEWAY_HEADERS: [&str; 3] = ["idempotency-key", "wasmgate-attempt", "wasmgate-depth"];
 
-/// What a processor's sub-requests may do (its `subrequests` config).
-#[derive(Clone, Debug)]
+/// Where a processor may send: its sub-requests (its `subrequests` config) and the upstream it chooses.
+#[derive(Clone, Debug, Default)]
 pub struct CallPolicy {
     /// Origins (`scheme://host[:port]`) a call may reach; any other is denied, unsent.
     pub allow: HashSet<String>,
+    /// Origins `set-upstream` may choose (its `upstreams` config); any other is refused.
+    pub upstreams: HashSet<String>,
     pub max_concurrent: usize,
     pub timeout: Duration,
 }
 
 impl CallPolicy {
-    /// `allow` as origins are compared: `scheme://host[:port]`, lower case, default ports dropped.
-    pub fn new(allow: impl IntoIterator<Item = String>, max_concurrent: usize, timeout: Duration) -> CallPolicy {
-        let origin = |text: String| match Url::parse(&text) {
-            Ok(url) => url.origin().ascii_serialization(),
-            Err(_) => text,
+    /// Origins as they are compared: `scheme://host[:port]`, lower case, default ports dropped.
+    pub fn new(
+        allow: impl IntoIterator<Item = String>,
+        upstreams: impl IntoIterator<Item = String>,
+        max_concurrent: usize,
+        timeout: Duration,
+    ) -> CallPolicy {
+        let origins = |texts: &mut dyn Iterator<Item = String>| {
+            texts.map(|text| Url::parse(&text).map_or(text, |url| url.origin().ascii_serialization())).collect()
         };
-        CallPolicy { allow: allow.into_iter().map(origin).collect(), max_concurrent, timeout }
+        CallPolicy {
+            allow: origins(&mut allow.into_iter()),
+            upstreams: origins(&mut upstreams.into_iter()),
+            max_concurrent,
+            timeout,
+        }
+    }
+
+    /// `url` as an upstream the processor may choose, or why it may not.
+    pub fn upstream(&self, url: &str) -> Result<(), String> {
+        let origin = http_url(url)?.origin().ascii_serialization();
+        if !self.upstreams.contains(&origin) {
+            return Err(format!("{} is not among the upstreams this processor may choose", quoted(&origin)));
+        }
+        Ok(())
     }
 }
 
@@ -206,11 +226,26 @@ mod tests {
     use super::*;
 
     fn policy() -> CallPolicy {
-        CallPolicy::new(["http://ALLOWED.test:9000/".to_owned()], 2, Duration::from_secs(1))
+        CallPolicy::new(
+            ["http://ALLOWED.test:9000/".to_owned()],
+            ["https://Up.test:443".to_owned()],
+            2,
+            Duration::from_secs(1),
+        )
     }
 
     fn request(url: &str) -> CallRequest<'_> {
         CallRequest { method: "post", url, headers: vec![], body: b"{}", timeout_ms: 0 }
+    }
+
+    #[test]
+    fn an_upstream_is_chosen_only_among_the_allowed_origins() {
+        assert_eq!(policy().upstream("https://up.test/v1/chat?x=1"), Ok(()));
+        assert_eq!(policy().upstream("https://UP.test:443/"), Ok(()));
+        let refused = policy().upstream("https://up.test:8443/").unwrap_err();
+        assert_eq!(refused, "'https://up.test:8443' is not among the upstreams this processor may choose");
+        assert!(policy().upstream("http://up.test/").is_err());
+        assert!(policy().upstream("ftp://up.test/").unwrap_err().contains("absolute http"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Instant;
 use wasmtime::Caller;
 
 use crate::abi::{HOST_MODULE, Hook};
-use crate::calls::{CallRequest, CallResult, http_url};
+use crate::calls::{CallRequest, CallResult};
 use crate::events::{MAX_LOG_BYTES, MAX_PENDING_RECORDS, Record};
 use crate::exchange::{Exchange, ExchangeData};
 use crate::failure::{Cause, Failure};
@@ -317,7 +317,7 @@ async fn set_upstream(caller: Ctx<'_, '_>, ptr: u32, len: u32, retptr: u32) -> D
         Err(format!("an upstream URL of {len} bytes is longer than {MAX_UPSTREAM_BYTES}"))
     } else {
         let url = text(memory(caller), ptr, len, "set-upstream's url")?;
-        http_url(url).map(|_| url.to_owned())
+        caller.data().guest.calls.upstream(url).map(|_| url.to_owned())
     };
     let area = match outcome {
         Ok(url) => {

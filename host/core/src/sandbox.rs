@@ -640,7 +640,7 @@ mod tests {
         ))
         .expect("WAT");
         let module = engine.compile("p", &processor).expect("a processor");
-        let policy = CallPolicy::new([], 1, Duration::from_secs(1));
+        let policy = CallPolicy::new([], [], 1, Duration::from_secs(1));
         let guest = Guest::new("p".into(), module, b"{}".to_vec(), [Duration::from_millis(100); 6], 1 << 20, policy);
         engine.maker().sandbox(Arc::new(guest))
     }

@@ -63,7 +63,7 @@ fn guest(request_headers: &str, request_body: &str) -> String {
 fn sandbox(wat: &str, timeout_ms: u64, memory_limit: usize) -> Sandbox {
     let wasm = wat::parse_str(wat).expect("valid WAT");
     let module = engine().compile("test", &wasm).expect("a module of the world");
-    let calls = CallPolicy { allow: Default::default(), max_concurrent: 4, timeout: Duration::from_secs(1) };
+    let calls = CallPolicy { max_concurrent: 4, timeout: Duration::from_secs(1), ..CallPolicy::default() };
     let timeouts = [Duration::from_millis(timeout_ms); 6];
     let guest = Guest::new("test".into(), module, b"{}".to_vec(), timeouts, memory_limit, calls);
     engine().maker().sandbox(Arc::new(guest))
@@ -240,7 +240,7 @@ fn an_instance_of_the_init_image_starts_as_init_left_memory_without_running_it()
         .replace("i32.const 1040 i32.const 5 call $set-header", "i32.const 1040 i32.const 1 call $set-header");
     let wasm = wat::parse_str(&counting).expect("valid WAT");
     let module = engine().compile("counting", &wasm).expect("a module of the world");
-    let calls = CallPolicy { allow: Default::default(), max_concurrent: 4, timeout: Duration::from_secs(1) };
+    let calls = CallPolicy { max_concurrent: 4, timeout: Duration::from_secs(1), ..CallPolicy::default() };
     let guest =
         Arc::new(Guest::new("counting".into(), module, b"{}".to_vec(), [Duration::from_secs(1); 6], 1 << 20, calls));
     let mut first = engine().maker().sandbox(guest.clone());

@@ -17,6 +17,7 @@ from .models import (
     StateConfig,
     SubrequestConfig,
     UpstreamConfig,
+    metric_namespace,
 )
 from .references import Reference, module_name, parse_reference
 from .units import split_address
@@ -39,6 +40,7 @@ __all__ = [
     "UpstreamConfig",
     "explain",
     "load_config",
+    "metric_namespace",
     "module_name",
     "parse_config",
     "parse_reference",

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+import yarl
 from pydantic import ValidationError
 
-from .models import Config
+from .models import Config, metric_namespace
 
 log = logging.getLogger("wasmgate.config")
 
@@ -62,6 +63,14 @@ def _references(config: Config) -> list[str]:
             if name in seen:
                 problems.append(f"{section}[{i}].name: {name!r} is used twice")
             seen.add(name)
+    namespaces: dict[str, str] = {}
+    for i, processor in enumerate(config.processors):
+        other = namespaces.setdefault(metric_namespace(processor.name), processor.name)
+        if other != processor.name:
+            problems.append(
+                f"processors[{i}].name: {processor.name!r} and {other!r} would name their metrics alike"
+                f" (wasmgate_guest_{metric_namespace(other)}_...); rename one"
+            )
     declared = {p.name for p in config.processors}
     for i, route in enumerate(config.routes):
         for j, name in enumerate(route.processors):
@@ -87,7 +96,16 @@ def parse_config(data: Any, source: str = "config", base_dir: Path | None = None
         log.warning("%s: sandbox.threads is ignored: guests run on the event loop (remove the key)", source)
     if base_dir is not None:
         config = config.model_copy(update={"module_dirs": [(base_dir / d).expanduser() for d in config.module_dirs]})
-    return config
+    return _default_upstreams(config)
+
+
+def _default_upstreams(config: Config) -> Config:
+    """Each processor with no ``upstreams`` may choose those the config's routes name."""
+    if all(p.upstreams is not None for p in config.processors):
+        return config
+    named = sorted({str(yarl.URL(route.upstream).origin()) for route in config.routes})
+    processors = [p.model_copy(update={"upstreams": named}) if p.upstreams is None else p for p in config.processors]
+    return config.model_copy(update={"processors": processors})
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

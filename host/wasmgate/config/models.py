@@ -92,6 +92,11 @@ class PoolConfig(_Model):
     """An instance whose memory has grown past this is recycled; by default, only a failure recycles it."""
 
 
+def metric_namespace(processor: str) -> str:
+    """The processor's own part of its guest metrics' names: ``wasmgate_guest_<namespace>_<metric>``."""
+    return processor.replace("-", "_").replace(".", "_")
+
+
 class ProcessorConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     module: ModuleReference
@@ -107,6 +112,9 @@ class ProcessorConfig(_Model):
     timeouts: Timeouts = Timeouts()
     memory_limit: Size = 16 * 2**20
     subrequests: SubrequestConfig = SubrequestConfig()
+    upstreams: list[Origin] | None = None
+    """The only origins the processor may send a request to with set-upstream. By default, when the
+    config is loaded, the origins of every route's upstream."""
     instances: InstanceMode = InstanceMode.FRESH
     """fresh: a new instance per request. pooled: initialized instances serve one request
     at a time, again and again (state may persist between requests of this processor)."""

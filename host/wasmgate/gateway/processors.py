@@ -97,6 +97,7 @@ def build_processor(
         [getattr(spec.timeouts, hook.phase) for hook in Hook],
         spec.memory_limit,
         list(calls.allow),
+        spec.upstreams or [],  # a processor made outside a config chooses none
         calls.max_concurrent,
         calls.timeout,
         PREPARED if serving and spec.instances is InstanceMode.FRESH else 0,

@@ -1,5 +1,5 @@
 //! Processor-defined Prometheus metrics, exported by the gateway as
-//! `wasmgate_guest_<name>` with a `processor` label.
+//! `wasmgate_guest_<processor>_<name>` with a `processor` label.
 //!
 //! ```ignore
 //! static REDACTED: Metric = Metric::counter("pii_redactions_total", "Values redacted.", &["kind"]);

@@ -101,7 +101,7 @@ pub struct PyGuest {
 #[pymethods]
 impl PyGuest {
     #[new]
-    #[pyo3(signature = (engine, name, module, config, timeouts, memory_limit, allow, max_concurrent, call_timeout, prepared))]
+    #[pyo3(signature = (engine, name, module, config, timeouts, memory_limit, allow, upstreams, max_concurrent, call_timeout, prepared))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         engine: &PyEngine,
@@ -111,11 +111,12 @@ impl PyGuest {
         timeouts: [f64; 6],
         memory_limit: usize,
         allow: Vec<String>,
+        upstreams: Vec<String>,
         max_concurrent: usize,
         call_timeout: f64,
         prepared: usize,
     ) -> PyGuest {
-        let policy = CallPolicy::new(allow, max_concurrent, Duration::from_secs_f64(call_timeout));
+        let policy = CallPolicy::new(allow, upstreams, max_concurrent, Duration::from_secs_f64(call_timeout));
         let timeouts = timeouts.map(Duration::from_secs_f64);
         let guest = Arc::new(Guest::new(name, module.inner.clone(), config, timeouts, memory_limit, policy));
         let stock = Stock::new(guest.clone(), prepared, engine.inner.maker().clone());
