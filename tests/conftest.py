@@ -29,6 +29,8 @@ from wasmgate.runtime import Runtime
 from wasmgate.server import listen, start_gateway
 from wasmgate.state import State
 
+from .raw import RecordingUpstream
+
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ROOT / "host" / "wasmgate" / "modules"
 WIT = ROOT / "wit"
@@ -205,6 +207,16 @@ async def start(runtime, tmp_path: Path) -> AsyncIterator[Start]:
     yield Start(starter, upstreams)
     for runner in reversed(runners):
         await runner.cleanup()
+
+
+@pytest.fixture
+async def recording() -> AsyncIterator[RecordingUpstream]:
+    """An upstream that records the requests it parsed, as bytes (``raw``)."""
+    upstream = RecordingUpstream()
+    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
+    upstream.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    yield upstream
+    server.close()
 
 
 def route(**extra: Any) -> dict[str, Any]:

@@ -25,6 +25,9 @@ REQUESTS = Counter("wasmgate_requests", "Requests served, by route and status.",
 REQUEST_SECONDS = Histogram(
     "wasmgate_request_duration_seconds", "Time from a request's arrival to its response's end.", ["route"]
 )
+CONNECTIONS_REFUSED = Counter(
+    "wasmgate_connections_refused", "Client connections answered 503 and closed: over http.max_connections."
+)
 UPSTREAM_SECONDS = Histogram(
     "wasmgate_upstream_duration_seconds", "Time from sending upstream to its response headers.", ["route"]
 )

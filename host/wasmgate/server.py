@@ -30,7 +30,7 @@ from pathlib import Path
 from aiohttp import web
 
 from . import logs, metrics
-from .config import Config, ConfigError, LogFormat, StateBackendKind, split_address
+from .config import Config, ConfigError, HttpConfig, LogFormat, StateBackendKind, split_address
 from .gateway import EdgeRunner, Gateway, app, build_routes, load_processors
 from .reload import Reloader, publish
 from .runtime import Runtime, instances_allowed
@@ -102,13 +102,18 @@ def bind(address: str, key: str) -> socket.socket:
     return listening
 
 
-async def listen(application: web.Application, address: str | socket.socket) -> web.AppRunner:
-    """Serves ``application`` on ``address``, or on a socket from ``bind``."""
+DEFAULT_HTTP = HttpConfig()
+
+
+async def listen(
+    application: web.Application, address: str | socket.socket, http: HttpConfig = DEFAULT_HTTP
+) -> web.AppRunner:
+    """Serves ``application`` on ``address``, or on a socket from ``bind``; clients' connections by ``http``."""
     # Bodies pass as sent: a server that decoded them would forward bytes that do not match their framing.
     # A client that leaves cancels its handler, and the upstream call it waits on with it.
-    # A malformed request gets the gateway's own JSON answer, and no traceback (``EdgeRunner``).
+    # Slow and malformed clients get the gateway's own answers, and no traceback (``EdgeRunner``).
     runner = EdgeRunner(
-        application, access_log=None, handle_signals=False, auto_decompress=False, handler_cancellation=True
+        application, http, access_log=None, handle_signals=False, auto_decompress=False, handler_cancellation=True
     )
     await runner.setup()
     if isinstance(address, socket.socket):
@@ -136,7 +141,9 @@ async def start_gateway(
     state = await loop.run_in_executor(None, open_state, config.state)
     processors = await loop.run_in_executor(None, load_processors, runtime, config, catalog, state)
     routes = build_routes(config.routes, processors)
-    gateway = Gateway(routes, runtime, config.upstream, config.max_subrequest_depth, config.trusted_proxies)
+    gateway = Gateway(
+        routes, runtime, config.upstream, config.http, config.max_subrequest_depth, config.trusted_proxies
+    )
     publish(processors)
     application = app(gateway)
     application.on_cleanup.append(lambda _: state.close())
@@ -146,7 +153,7 @@ async def start_gateway(
         reloader = application[RELOADER] = Reloader(gateway, runtime, catalog, state, config, processors, config_path)
         reloader.start()
         application.on_cleanup.append(lambda _: reloader.stop())
-    return await listen(application, listening or config.listen)
+    return await listen(application, listening or config.listen, config.http)
 
 
 async def serve(

@@ -167,6 +167,22 @@ class RouteConfig(_Model):
     timeout: Duration = 300.0
 
 
+class HttpConfig(_Model):
+    """How the gateway's listener treats its clients' connections."""
+
+    header_timeout: Duration = 10.0
+    """From a connection's start, or a request head's first byte, to the head's end; then a 408 and a close."""
+    body_idle_timeout: Duration = 30.0
+    """The longest wait for the next bytes of a request body; then a 408 (or a close, once the answer began)."""
+    keepalive_timeout: Duration = 30.0
+    """An idle connection between requests is closed after this."""
+    max_connections: int | None = Field(None, ge=1)
+    """Client connections one worker holds at once; one more is answered 503 and closed. By default, half
+    the process's open-file limit: the rest is for upstream connections, modules and logs."""
+    server_header: str | None = Field("wasmgate", pattern=r"^[!-~]([ -~]{0,126}[!-~])?$")
+    """The Server header of a response that has none (an upstream's passes as processors leave it); null: none."""
+
+
 class UpstreamConfig(_Model):
     connect_timeout: Duration = 5.0
     max_connections: int = Field(1000, ge=1)
@@ -223,6 +239,7 @@ class Config(_Model):
     processors: list[ProcessorConfig] = []
     routes: list[RouteConfig] = []
     upstream: UpstreamConfig = UpstreamConfig()
+    http: HttpConfig = HttpConfig()
     sandbox: SandboxConfig = SandboxConfig()
     oci: OciConfig = OciConfig()
     state: StateConfig = StateConfig()

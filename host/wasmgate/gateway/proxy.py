@@ -21,11 +21,12 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .. import logs
-from ..config import UpstreamConfig
+from ..config import HttpConfig, UpstreamConfig
 from ..metrics import REQUESTS
 from ..metrics import flush as flush_metrics
 from ..runtime import Runtime, Scheduler
 from .chain import BodySource, ChainRun, StreamAborted
+from .edge import Response, StreamResponse, error_body
 from .exchange import MANAGED_HEADERS, Exchange, LocalResponse, RequestFacts, new_exchange
 from .routing import Route, match, target_problem, upstream_url
 from .subrequests import DEPTH_HEADER, CallClient
@@ -51,6 +52,7 @@ class Gateway:
         routes: Sequence[Route],
         runtime: Runtime,
         upstream: UpstreamConfig,
+        http: HttpConfig,
         max_depth: int,
         trusted_proxies: Sequence[IPv4Network | IPv6Network] = (),
     ) -> None:
@@ -59,6 +61,7 @@ class Gateway:
         self.runtime = runtime
         self.calls = CallClient()
         self._upstream = upstream
+        self._http = http
         self.max_depth = max_depth
         self._session: aiohttp.ClientSession | None = None
         self._in_flight = 0
@@ -105,23 +108,23 @@ class Gateway:
         problem = target_problem(request.raw_path)
         if problem is not None:
             REQUESTS.labels("", "400").inc()
-            return _error(400, "bad_request_target", problem)
+            return self._error(400, "bad_request_target", problem)
         route = match(self.routes, request.method, request.path, request.headers)
         if route is None:
             REQUESTS.labels("", "404").inc()
-            return _error(404, "no_route", f"no route matches {request.method} {request.path}")
+            return self._error(404, "no_route", f"no route matches {request.method} {request.path}")
         depth = _depth(request.headers)
         if depth is None:
             route.metrics.served(400)
-            return _error(400, "bad_depth", f"{DEPTH_HEADER} must be a number of ASCII digits")
+            return self._error(400, "bad_depth", f"{DEPTH_HEADER} must be a number of ASCII digits")
         if depth > self.max_depth:
             route.metrics.served(508)
-            return _error(508, "loop_detected", f"{DEPTH_HEADER} is over {self.max_depth}: a request loops")
+            return self._error(508, "loop_detected", f"{DEPTH_HEADER} is over {self.max_depth}: a request loops")
         if route.chain.hooks_request_body and _coded(request.headers):
             # The gateway decodes no body: its processors would read the coded bytes, not the content.
             route.metrics.served(415)
             refused = "this route's processors read bodies as sent, so its requests take no Content-Encoding"
-            return _error(415, "unsupported_content_encoding", refused)
+            return self._error(415, "unsupported_content_encoding", refused)
         request_id = _request_id(request.headers)
         client = request.remote or ""
         facts = RequestFacts(
@@ -145,9 +148,12 @@ class Gateway:
 
     async def _proxy(self, request: web.Request, route: Route, run: ChainRun) -> web.StreamResponse:
         exchange = run.exchange
-        forwarded = await run.process_request(await _request_body(request))
+        try:
+            forwarded = await run.process_request(await self._request_body(request))
+        except ClientStalled as stalled:
+            return await self._answer(request, run, await run.respond_locally(_stalled(run, stalled)))
         if isinstance(forwarded, LocalResponse):
-            return await _answer(request, run, await run.respond_locally(forwarded))
+            return await self._answer(request, run, await run.respond_locally(forwarded))
 
         headers = _upstream_headers(exchange, request, untouched=not route.chain.hooks_request_body)
         headers[DEPTH_HEADER] = str(run.depth + 1)  # an upstream that is this gateway again ends the loop
@@ -167,21 +173,72 @@ class Gateway:
             )
         except (aiohttp.ClientError, TimeoutError) as failure:
             # A processor that answers while the request body streams stops the body (``run.interrupt``
-            # is its answer); aiohttp reports that as a connection error of its own.
-            local = run.interrupt or _upstream_error(run, upstream_base, failure)
-            return await _answer(request, run, await run.respond_locally(local))
+            # is its answer), and so does a client that stalls; aiohttp reports either as a connection
+            # error of its own, caused by what the body raised.
+            cause = failure.__cause__
+            if isinstance(cause, ClientStalled):
+                local = _stalled(run, cause)
+            else:
+                local = run.interrupt or _upstream_error(run, upstream_base, failure)
+            return await self._answer(request, run, await run.respond_locally(local))
         route.metrics.upstream_seconds.observe(time.perf_counter() - sent)
 
         async with upstream:
+            if upstream.status < 200:  # no upgrade is asked for (Upgrade is hop-by-hop), nor any 1xx passed on
+                log.warning("request %s: upstream %s answered %d", run.facts.request_id, upstream_base, upstream.status)
+                local = _gateway_error(
+                    502, "upstream_protocol_error", "the upstream answered with an unexpected status"
+                )
+                return await self._answer(request, run, await run.respond_locally(local))
             try:
                 final = await run.process_response(
                     upstream.status, _response_headers(upstream.headers), await _response_body(request, upstream)
                 )
             except aiohttp.ClientError as failure:  # the body broke off while read whole, before any hook saw it
                 error = _upstream_error(run, upstream_base, failure)
-                return await _answer(request, run, await run.respond_locally(error))
+                return await self._answer(request, run, await run.respond_locally(error))
             untouched_length = None if route.chain.hooks_response_body else upstream.content_length
-            return await _answer(request, run, final, untouched_length)
+            return await self._answer(request, run, final, untouched_length)
+
+    async def _request_body(self, request: web.Request) -> bytes | BodySource:
+        if not request.body_exists:
+            return b""
+        body = _chunks(request.content, self._http.body_idle_timeout)
+        if request.content_length is not None and request.content_length <= SMALL_BODY:
+            return b"".join([chunk async for chunk, _ in body])
+        return body
+
+    async def _answer(
+        self, request: web.Request, run: ChainRun, body: bytes | AsyncIterator[bytes], length: int | None = None
+    ) -> web.StreamResponse:
+        exchange = run.exchange
+        headers = CIMultiDict(exchange.response_headers() or ())
+        headers["X-Request-Id"] = run.facts.request_id
+        if self._http.server_header and "Server" not in headers:
+            headers["Server"] = self._http.server_header
+        if isinstance(body, bytes):
+            return Response(status=exchange.response_status, headers=headers, body=body)
+        response = StreamResponse(status=exchange.response_status, headers=headers)
+        if length is not None:
+            response.content_length = length
+        await response.prepare(request)
+        try:
+            async for chunk in body:
+                await response.write(chunk)
+        except (StreamAborted, aiohttp.ClientError, TimeoutError) as failure:
+            # The status line is gone: all that is left is to cut the connection.
+            log.warning("request %s: response cut mid-stream: %s", run.facts.request_id, failure)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+    def _error(self, status: int, kind: str, message: str) -> web.Response:
+        headers = {"Content-Type": "application/json"}
+        if self._http.server_header:
+            headers["Server"] = self._http.server_header
+        return Response(status=status, headers=headers, body=error_body(kind, message))
 
 
 def _coded(headers: CIMultiDictProxy[str]) -> bool:
@@ -207,14 +264,6 @@ def _depth(headers: CIMultiDictProxy[str]) -> int | None:
 # -- bodies ------------------------------------------------------------------------
 
 
-async def _request_body(request: web.Request) -> bytes | BodySource:
-    if not request.body_exists:
-        return b""
-    if request.content_length is not None and request.content_length <= SMALL_BODY:
-        return await request.read()
-    return _chunks(request.content)
-
-
 async def _response_body(request: web.Request, upstream: aiohttp.ClientResponse) -> bytes | BodySource:
     if request.method == "HEAD" or upstream.status in (204, 304):
         return b""
@@ -224,14 +273,24 @@ async def _response_body(request: web.Request, upstream: aiohttp.ClientResponse)
     return _chunks(upstream.content)
 
 
-async def _chunks(reader: aiohttp.StreamReader) -> BodySource:
-    """A body as it arrives, without waiting to fill any buffer (SSE events pass one by one)."""
-    ended = False
-    async for chunk in reader.iter_any():
+class ClientStalled(Exception):
+    """The client sent no byte of its request body for ``http.body_idle_timeout``."""
+
+
+async def _chunks(reader: aiohttp.StreamReader, idle: float | None = None) -> BodySource:
+    """A body as it arrives, without waiting to fill any buffer (SSE events pass one by one); with ``idle``,
+    ``ClientStalled`` when the next bytes take longer than that."""
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await reader.readany()
+        except TimeoutError:
+            raise ClientStalled(f"no byte of the request body came in {idle:g}s") from None
         ended = reader.at_eof()
-        yield chunk, ended
-    if not ended:
-        yield b"", True
+        if chunk or ended:
+            yield chunk, ended
+        if ended:
+            return
 
 
 # -- headers -----------------------------------------------------------------------
@@ -287,29 +346,9 @@ def _response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 # -- answering the client ------------------------------------------------------
 
 
-async def _answer(
-    request: web.Request, run: ChainRun, body: bytes | AsyncIterator[bytes], length: int | None = None
-) -> web.StreamResponse:
-    exchange = run.exchange
-    headers = CIMultiDict(exchange.response_headers() or ())
-    headers["X-Request-Id"] = run.facts.request_id
-    if isinstance(body, bytes):
-        return web.Response(status=exchange.response_status, headers=headers, body=body)
-    response = web.StreamResponse(status=exchange.response_status, headers=headers)
-    if length is not None:
-        response.content_length = length
-    await response.prepare(request)
-    try:
-        async for chunk in body:
-            await response.write(chunk)
-    except (StreamAborted, aiohttp.ClientError, TimeoutError) as failure:
-        # The status line is gone: all that is left is to cut the connection.
-        log.warning("request %s: response cut mid-stream: %s", run.facts.request_id, failure)
-        if request.transport is not None:
-            request.transport.close()
-        return response
-    await response.write_eof()
-    return response
+def _stalled(run: ChainRun, stalled: ClientStalled) -> LocalResponse:
+    log.warning("request %s: client %s: %s; answered 408", run.facts.request_id, run.facts.client_address, stalled)
+    return _gateway_error(408, "request_timeout", "the request body stopped arriving")
 
 
 def _upstream_error(run: ChainRun, upstream: str, failure: aiohttp.ClientError | TimeoutError) -> LocalResponse:
@@ -322,11 +361,6 @@ def _upstream_error(run: ChainRun, upstream: str, failure: aiohttp.ClientError |
 
 def _gateway_error(status: int, kind: str, message: str) -> LocalResponse:
     return LocalResponse.json_error(status, {"type": kind, "message": message})
-
-
-def _error(status: int, kind: str, message: str) -> web.Response:
-    local = _gateway_error(status, kind, message)
-    return web.Response(status=status, headers=local.headers, body=local.body)
 
 
 def _log_access(facts: RequestFacts, status: int, elapsed: float, run: ChainRun) -> None:
