@@ -14,7 +14,9 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -105,27 +107,18 @@ class Gateway:
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        problem = target_problem(request.raw_path)
-        if problem is not None:
-            REQUESTS.labels("", "400").inc()
-            return self._error(400, "bad_request_target", problem)
-        route = match(self.routes, request.method, request.path, request.headers)
-        if route is None:
-            REQUESTS.labels("", "404").inc()
-            return self._error(404, "no_route", f"no route matches {request.method} {request.path}")
-        depth = _depth(request.headers)
-        if depth is None:
-            route.metrics.served(400)
-            return self._error(400, "bad_depth", f"{DEPTH_HEADER} must be a number of ASCII digits")
-        if depth > self.max_depth:
-            route.metrics.served(508)
-            return self._error(508, "loop_detected", f"{DEPTH_HEADER} is over {self.max_depth}: a request loops")
-        if route.chain.hooks_request_body and _coded(request.headers):
-            # The gateway decodes no body: its processors would read the coded bytes, not the content.
-            route.metrics.served(415)
-            refused = "this route's processors read bodies as sent, so its requests take no Content-Encoding"
-            return self._error(415, "unsupported_content_encoding", refused)
         request_id = _request_id(request.headers)
+        route = None
+        depth = _depth(request.headers)
+        if (problem := target_problem(request.raw_path)) is not None:
+            refusal: tuple[int, str, str] | None = (400, "bad_request_target", problem)
+        elif (route := match(self.routes, request.method, request.path, request.headers)) is None:
+            refusal = (404, "no_route", f"no route matches {request.method} {request.path}")
+        else:
+            refusal = self._refusal(request, route, depth)
+        if refusal is not None:
+            return self._refuse(request, request_id, route, refusal, started)
+        assert route is not None and depth is not None, "refused otherwise"
         client = request.remote or ""
         facts = RequestFacts(
             request.method, request.path, request.query_string, request_id, route.name, route.tenant, client
@@ -134,9 +127,10 @@ class Gateway:
         exchange = new_exchange(facts, headers, route.upstream, len(route.chain.processors))
         assert self._scheduler is not None, "the gateway serves once started"
         run = ChainRun(route.chain, facts, exchange, self.runtime, self._scheduler, self.calls, depth)
+        delivery = Delivery()
         response: web.StreamResponse | None = None
         try:
-            response = await self._proxy(request, route, run)
+            response = await self._proxy(request, route, run, delivery)
             return response
         finally:
             await run.finish()
@@ -144,16 +138,60 @@ class Gateway:
             route.metrics.served(status)
             elapsed = time.perf_counter() - started
             route.metrics.seconds.observe(elapsed)
-            _log_access(facts, status, elapsed, run)
+            if logs.access_log.isEnabledFor(logging.INFO):
+                logs.access(_access(request, facts, status, started, delivery, run))
 
-    async def _proxy(self, request: web.Request, route: Route, run: ChainRun) -> web.StreamResponse:
+    def _refusal(self, request: web.Request, route: Route, depth: int | None) -> tuple[int, str, str] | None:
+        """Why ``route`` takes no part in ``request``, if it may not: status, kind and message."""
+        if depth is None:
+            return 400, "bad_depth", f"{DEPTH_HEADER} must be a number of ASCII digits"
+        if depth > self.max_depth:
+            return 508, "loop_detected", f"{DEPTH_HEADER} is over {self.max_depth}: a request loops"
+        if route.chain.hooks_request_body and _coded(request.headers):
+            # The gateway decodes no body: its processors would read the coded bytes, not the content.
+            refused = "this route's processors read bodies as sent, so its requests take no Content-Encoding"
+            return 415, "unsupported_content_encoding", refused
+        return None
+
+    def _refuse(
+        self,
+        request: web.Request,
+        request_id: str,
+        route: Route | None,
+        refusal: tuple[int, str, str],
+        started: float,
+    ) -> web.Response:
+        """Answers a request no processor sees, counted and logged as any other."""
+        status, kind, message = refusal
+        if route is not None:
+            route.metrics.served(status)
+        else:
+            REQUESTS.labels("", str(status)).inc()
+        response = self._error(status, kind, message)
+        response.headers["X-Request-Id"] = request_id
+        if logs.access_log.isEnabledFor(logging.INFO):
+            line = {
+                "request_id": request_id,
+                "route": route.name if route is not None else None,
+                "tenant": route.tenant if route is not None else None,
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "client": request.remote,
+                "ms": round((time.perf_counter() - started) * 1000, 3),
+                "error": kind,
+            }
+            logs.access(line)
+        return response
+
+    async def _proxy(self, request: web.Request, route: Route, run: ChainRun, delivery: Delivery) -> web.StreamResponse:
         exchange = run.exchange
         try:
             forwarded = await run.process_request(await self._request_body(request))
         except ClientStalled as stalled:
-            return await self._answer(request, run, await run.respond_locally(_stalled(run, stalled)))
+            return await self._answer(request, run, delivery, await run.respond_locally(_stalled(run, stalled)))
         if isinstance(forwarded, LocalResponse):
-            return await self._answer(request, run, await run.respond_locally(forwarded))
+            return await self._answer(request, run, delivery, await run.respond_locally(forwarded))
 
         headers = _upstream_headers(exchange, request, untouched=not route.chain.hooks_request_body)
         headers[DEPTH_HEADER] = str(run.depth + 1)  # an upstream that is this gateway again ends the loop
@@ -161,6 +199,7 @@ class Gateway:
         if route.chain.hooks_response_body:
             headers["Accept-Encoding"] = "identity"  # processors read bodies as sent, not compressed
         assert self._session is not None, "the gateway serves once started"
+        delivery.upstream = upstream_base
         sent = time.perf_counter()
         try:
             upstream = await self._session.request(
@@ -180,7 +219,7 @@ class Gateway:
                 local = _stalled(run, cause)
             else:
                 local = run.interrupt or _upstream_error(run, upstream_base, failure)
-            return await self._answer(request, run, await run.respond_locally(local))
+            return await self._answer(request, run, delivery, await run.respond_locally(local))
         route.metrics.upstream_seconds.observe(time.perf_counter() - sent)
 
         async with upstream:
@@ -189,16 +228,16 @@ class Gateway:
                 local = _gateway_error(
                     502, "upstream_protocol_error", "the upstream answered with an unexpected status"
                 )
-                return await self._answer(request, run, await run.respond_locally(local))
+                return await self._answer(request, run, delivery, await run.respond_locally(local))
             try:
                 final = await run.process_response(
                     upstream.status, _response_headers(upstream.headers), await _response_body(request, upstream)
                 )
             except aiohttp.ClientError as failure:  # the body broke off while read whole, before any hook saw it
                 error = _upstream_error(run, upstream_base, failure)
-                return await self._answer(request, run, await run.respond_locally(error))
+                return await self._answer(request, run, delivery, await run.respond_locally(error))
             untouched_length = None if route.chain.hooks_response_body else upstream.content_length
-            return await self._answer(request, run, final, untouched_length)
+            return await self._answer(request, run, delivery, final, untouched_length)
 
     async def _request_body(self, request: web.Request) -> bytes | BodySource:
         if not request.body_exists:
@@ -209,7 +248,12 @@ class Gateway:
         return body
 
     async def _answer(
-        self, request: web.Request, run: ChainRun, body: bytes | AsyncIterator[bytes], length: int | None = None
+        self,
+        request: web.Request,
+        run: ChainRun,
+        delivery: Delivery,
+        body: bytes | AsyncIterator[bytes],
+        length: int | None = None,
     ) -> web.StreamResponse:
         exchange = run.exchange
         headers = CIMultiDict(exchange.response_headers() or ())
@@ -217,17 +261,21 @@ class Gateway:
         if self._http.server_header and "Server" not in headers:
             headers["Server"] = self._http.server_header
         if isinstance(body, bytes):
+            delivery.first_byte, delivery.bytes_out = time.perf_counter(), len(body)  # sent as it returns
             return Response(status=exchange.response_status, headers=headers, body=body)
         response = StreamResponse(status=exchange.response_status, headers=headers)
         if length is not None:
             response.content_length = length
         await response.prepare(request)
+        delivery.first_byte = time.perf_counter()
         try:
             async for chunk in body:
                 await response.write(chunk)
+                delivery.bytes_out += len(chunk)
         except (StreamAborted, aiohttp.ClientError, TimeoutError) as failure:
             # The status line is gone: all that is left is to cut the connection.
             log.warning("request %s: response cut mid-stream: %s", run.facts.request_id, failure)
+            delivery.cut = True
             if request.transport is not None:
                 request.transport.close()
             return response
@@ -363,23 +411,43 @@ def _gateway_error(status: int, kind: str, message: str) -> LocalResponse:
     return LocalResponse.json_error(status, {"type": kind, "message": message})
 
 
-def _log_access(facts: RequestFacts, status: int, elapsed: float, run: ChainRun) -> None:
-    if not logs.access_log.isEnabledFor(logging.INFO):
-        return
-    processors = {name: {"outcome": o.result, "ms": round(o.seconds * 1000, 3)} for name, o in run.outcomes.items()}
-    logs.access(
-        {
-            "request_id": facts.request_id,
-            "route": facts.route,
-            "tenant": facts.tenant,
-            "method": facts.method,
-            "path": facts.path,
-            "status": status,
-            "client": facts.client_address,
-            "ms": round(elapsed * 1000, 3),
-            "processors": processors,
-        }
-    )
+@dataclass(slots=True)
+class Delivery:
+    """Where a request went and what its answer put on the wire, for the access log."""
+
+    upstream: str | None = None
+    """The upstream the request was sent to, as processors left it; None when none was reached."""
+    first_byte: float | None = None
+    """When the answer's head was sent (``perf_counter``)."""
+    bytes_out: int = 0
+    """Body bytes sent to the client."""
+    cut: bool = False
+    """The answer broke off after its head: the client got less than the whole body."""
+
+
+def _access(
+    request: web.Request, facts: RequestFacts, status: int, started: float, delivery: Delivery, run: ChainRun
+) -> dict[str, Any]:
+    line = {
+        "request_id": facts.request_id,
+        "route": facts.route,
+        "tenant": facts.tenant,
+        "method": facts.method,
+        "path": facts.path,
+        "status": status,
+        "upstream": delivery.upstream,
+        "bytes_in": request.content.total_bytes,
+        "bytes_out": delivery.bytes_out,
+        "ms": round((time.perf_counter() - started) * 1000, 3),
+        "ttfb_ms": None if delivery.first_byte is None else round((delivery.first_byte - started) * 1000, 3),
+        "client": facts.client_address,
+        "processors": {
+            name: {"outcome": o.result, "ms": round(o.seconds * 1000, 3)} for name, o in run.outcomes.items()
+        },
+    }
+    if delivery.cut:
+        line["cut"] = True
+    return line
 
 
 def app(gateway: Gateway) -> web.Application:
