@@ -58,8 +58,38 @@ def test_check_runs_each_processors_init(tmp_path: Path):
     )
     result = wasmgate("check", "--config", str(config))
     assert result.returncode == 1
-    assert "processors[1].module: module 'not-wasm' is not valid WebAssembly" in result.stderr
+    wasm_file = tmp_path / "not-wasm.wasm"
+    assert f"processors[1].module: {wasm_file}: module 'not-wasm' is not valid WebAssembly" in result.stderr
     assert "processors[0]" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"(module)", "is not a WebAssembly module (a .wasm file starts with \\0asm)"),
+        (b"\0asm\x0d\x00\x01\x00", "is a WebAssembly component; the gateway runs core modules"),
+    ],
+    ids=["text", "component"],
+)
+def test_check_names_the_file_that_is_not_a_core_module_and_says_what_it_is(tmp_path: Path, content, problem):
+    (tmp_path / "odd.wasm").write_bytes(content)
+    config = write_config(tmp_path, processors=[{"name": "p", "module": "odd"}])
+    result = wasmgate("check", "--config", str(config))
+    assert result.returncode == 1
+    assert f"processors[0].module: {tmp_path / 'odd.wasm'}: module 'odd' {problem}" in result.stderr
+
+
+def test_a_shipped_example_module_is_found_by_name_after_module_dirs(tmp_path: Path):
+    config = write_config(tmp_path, processors=[{"name": "pii", "module": "pii-redact"}])
+    result = wasmgate("check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_module_in_module_dirs_comes_before_the_shipped_one_of_its_name(tmp_path: Path):
+    (tmp_path / "pii-redact.wasm").write_bytes(b"mine")
+    config = write_config(tmp_path, processors=[{"name": "pii", "module": "pii-redact"}])
+    result = wasmgate("check", "--config", str(config))
+    assert f"{tmp_path / 'pii-redact.wasm'}: module 'pii-redact' is not a WebAssembly module" in result.stderr
 
 
 def test_check_passes_a_config_of_many_fresh_instance_processors(tmp_path: Path):

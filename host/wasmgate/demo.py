@@ -25,9 +25,9 @@ from .config import Config, parse_config
 from .mocks import moderation, openai
 from .runtime import Runtime
 from .server import listen, start_gateway
+from .sources import SHIPPED
 
 PACKAGE = Path(__file__).resolve().parent
-MODULES = PACKAGE / "modules"
 
 
 @dataclass
@@ -49,7 +49,7 @@ def _address(runner: web.AppRunner) -> str:
 
 def demo_config(upstream_a: str, upstream_b: str, moderation: str) -> Config:
     text = string.Template((PACKAGE / "demo.yaml").read_text())
-    filled = text.substitute(UPSTREAM_A=upstream_a, UPSTREAM_B=upstream_b, MODERATION=moderation, MODULES=str(MODULES))
+    filled = text.substitute(UPSTREAM_A=upstream_a, UPSTREAM_B=upstream_b, MODERATION=moderation)
     return parse_config(yaml.safe_load(filled), "demo.yaml")
 
 
@@ -135,7 +135,7 @@ async def _run() -> bool:
         for app in (openai.make_app("upstream-a"), openai.make_app("upstream-b"), moderation.make_app()):
             runners.append(await listen(app, "127.0.0.1:0"))
         config = demo_config(*(_address(runner) for runner in runners))
-        _say(f"loading {len(config.processors)} processors from {MODULES} (compiled once, then cached)")
+        _say(f"loading {len(config.processors)} processors shipped in {SHIPPED} (compiled once, then cached)")
         runners.append(await start_gateway(config, Runtime(cache_dir=config.cache_dir, max_instances=256)))
         gateway_url = _address(runners[-1])
         _say(f"gateway listening on {gateway_url}; route chat: inject -> guard -> router -> pii")

@@ -62,6 +62,19 @@ impl Engine {
 
     /// Compiles, checks and links a module; instrumented for init images when wizer can take one.
     pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<Module, String> {
+        if !wasm.starts_with(b"\0asm") {
+            return Err(format!(
+                "module {} is not a WebAssembly module (a .wasm file starts with \\0asm)",
+                quoted(name)
+            ));
+        }
+        if wasm.get(6..8) == Some(&[1, 0]) {
+            // A binary's layer field: 0 for a core module, 1 for a component.
+            return Err(format!(
+                "module {} is a WebAssembly component; the gateway runs core modules of its world (see wit/)",
+                quoted(name)
+            ));
+        }
         // Instrumenting adds exports: should they clash with the module's own, it goes uninstrumented.
         let instrumented = image::instrument(wasm).and_then(|bytes| wasmtime::Module::new(&self.engine, &bytes).ok());
         if let Some(compiled) = instrumented {

@@ -154,12 +154,17 @@ def load_processors(
     processors: dict[str, Processor] = {}
     for i, spec in enumerate(config.processors):
         if spec.module not in modules:
+            modules[spec.module] = None
             try:
-                fetched[spec.module] = catalog.fetch(spec)
-                modules[spec.module] = runtime.compile(module_name(spec.module), fetched[spec.module])
-            except (ModuleNotFound, ModuleError) as error:
+                found = catalog.fetch(spec)
+            except ModuleNotFound as error:
                 problems.append(f"processors[{i}].module: {error}")
-                modules[spec.module] = None
+                continue
+            fetched[spec.module] = found.wasm
+            try:
+                modules[spec.module] = runtime.compile(module_name(spec.module), found.wasm)
+            except ModuleError as error:
+                problems.append(f"processors[{i}].module: {found.source}: {error}")
         module = modules[spec.module]
         if module is None:
             continue

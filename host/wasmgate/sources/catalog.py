@@ -1,5 +1,6 @@
-"""Where modules come from: ``NAME.wasm`` in the module directories, or an
-OCI registry for ``oci://`` references (see ``oci``).
+"""Where modules come from: ``NAME.wasm`` in the module directories, then
+among the example modules shipped in the package (``SHIPPED``), or an OCI
+registry for ``oci://`` references (see ``oci``).
 
 A catalog keeps the bytes of each module a successful load used, so a file
 removed from a watched directory, or a registry out of reach, does not stop
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config, ProcessorConfig, PullPolicy
@@ -19,13 +21,24 @@ from .oci import OciError, OciSource
 log = logging.getLogger("wasmgate.sources")
 
 
+SHIPPED = Path(__file__).parent.parent / "modules"
+"""The example modules the package ships (pii-redact, header-inject, ...): found by name after module_dirs."""
+
+
 class ModuleNotFound(Exception):
     """No module answers to a reference; the message says where it was looked for."""
 
 
+@dataclass(frozen=True)
+class Fetched:
+    wasm: bytes
+    source: str
+    """Where the bytes came from, for errors: a file, an OCI reference, or the version kept."""
+
+
 def find_module(name: str, module_dirs: list[Path]) -> Path | None:
-    """A module's file: ``NAME.wasm`` in the first directory that has it."""
-    for directory in module_dirs:
+    """A module's file: ``NAME.wasm`` in the first directory that has it, else a shipped module of that name."""
+    for directory in [*module_dirs, SHIPPED]:
         candidate = directory / f"{name}.wasm"
         if candidate.is_file():
             return candidate
@@ -47,28 +60,29 @@ class ModuleCatalog:
         cache = config.cache_dir or Path(tempfile.mkdtemp(prefix="wasmgate-"))
         return cls(config.module_dirs, OciSource(cache, config.oci.plain_http, config.oci.auth_file))
 
-    def fetch(self, spec: ProcessorConfig) -> bytes:
+    def fetch(self, spec: ProcessorConfig) -> Fetched:
         """The module ``spec`` names, or the version kept from the last load when it cannot be had now."""
         reference = spec.module
         if reference.startswith("oci://"):
             try:
-                return self.oci.fetch(reference, always=spec.pull_policy is PullPolicy.ALWAYS)
+                return Fetched(self.oci.fetch(reference, always=spec.pull_policy is PullPolicy.ALWAYS), reference)
             except OciError as error:
                 problem = str(error)
         else:
             path = find_module(reference, self.module_dirs)
             try:
                 if path is not None:
-                    return path.read_bytes()
+                    return Fetched(path.read_bytes(), str(path))
             except OSError:  # removed or replaced between the look and the read: as if absent
                 pass
-            problem = f"no {reference}.wasm in module_dirs ({', '.join(str(d) for d in self.module_dirs)})"
+            searched = ", ".join(str(d) for d in self.module_dirs)
+            problem = f"no {reference}.wasm in module_dirs ({searched}) nor among the modules wasmgate ships"
         with self._lock:
             kept = self._kept.get(reference)
         if kept is None:
             raise ModuleNotFound(problem)
         log.warning("%s; the version loaded before serves on", problem)
-        return kept
+        return Fetched(kept, f"{reference} (the version loaded before)")
 
     def keep(self, modules: dict[str, bytes]) -> None:
         """Remembers the versions a successful load used."""
