@@ -5,6 +5,8 @@
 
 use memchr::memchr;
 
+use crate::failure::escaped;
+
 /// Log lines per instance in one request: a chatty or hostile guest cannot flood the log.
 pub const MAX_LOG_LINES: u32 = 100;
 /// Longer lines are cut (and marked so).
@@ -118,7 +120,7 @@ impl Events {
             self.dropped += 1;
             return;
         }
-        let text = String::from_utf8_lossy(text).into_owned();
+        let text = escaped(&String::from_utf8_lossy(text)).into_owned();
         self.held += text.len();
         self.lines.push(LogLine { level, text, truncated: length > MAX_LOG_BYTES });
     }

@@ -5,6 +5,7 @@
 //! finds it again by type, or reads a trap's code. Nothing is told apart by
 //! the text of a message.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use wasmtime::{PoolConcurrencyLimitError, Trap, WasmBacktrace};
@@ -139,9 +140,35 @@ pub fn quoted(text: &str) -> String {
     format!("'{}'", text.escape_debug().to_string().replace('\'', "\\'"))
 }
 
+/// Guest text for the gateway's log: control characters but tab escaped as `\xNN`, so a guest cannot
+/// start a line of its own (a forged access line, say).
+pub fn escaped(text: &str) -> Cow<'_, str> {
+    let control = |c: char| c.is_ascii_control() && c != '\t';
+    if !text.contains(control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if control(c) {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let code = c as usize; // ASCII
+            out.extend(['\\', 'x', HEX[code >> 4] as char, HEX[code & 15] as char]);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_but_tab_are_escaped_and_the_rest_is_kept() {
+        assert_eq!(escaped("a\nb\0\tc\x7fé"), "a\\x0ab\\x00\tc\\x7fé");
+        assert!(matches!(escaped("plain\ttext"), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn a_failure_returned_through_wasmtime_is_found_again_by_type() {

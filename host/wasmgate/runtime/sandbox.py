@@ -16,7 +16,6 @@ backend or for sub-requests is the phase's time.
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING
 
 from .. import _core
@@ -39,14 +38,6 @@ _LEVELS: dict[int, int] = {
     LogLevel.ERROR: logging.ERROR,
 }
 """Python's level for each WIT ``log-level`` (the core checked it is one)."""
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a tab forges nothing
-
-
-def escaped(text: str) -> str:
-    """Guest text for the gateway's log: control characters escaped, so a guest cannot start a line of its own."""
-    return _CONTROL.sub(lambda control: f"\\x{ord(control.group()):02x}", text)
 
 
 class Sandbox:
@@ -183,7 +174,7 @@ class Sandbox:
         extra = {"processor": self.name, "request_id": self.request_id}
         for level, text, truncated in lines:
             guest_log.log(
-                _LEVELS[level], "[%s] %s%s", self.name, escaped(text), " [truncated]" if truncated else "", extra=extra
+                _LEVELS[level], "[%s] %s%s", self.name, text, " [truncated]" if truncated else "", extra=extra
             )
         if records:
             self._host.record_metrics(records)
@@ -192,7 +183,7 @@ class Sandbox:
 
     def _failure(self) -> ProcessorFailure:
         cause, detail = self._core.failure() or (Cause.HOST_ERROR, "the sandbox stopped without a cause")
-        return ProcessorFailure(Cause(cause), escaped(detail))  # an init error or a trap names guest text
+        return ProcessorFailure(Cause(cause), detail)  # guest text in it escaped by the core
 
     # -- the request it serves -------------------------------------------------------------
 

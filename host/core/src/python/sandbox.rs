@@ -9,7 +9,7 @@ use super::engine::{PyEngine, PyGuest};
 use super::exchange::PyExchange;
 use super::pairs_to_list;
 use crate::abi::Hook;
-use crate::failure::{Cause, Failure};
+use crate::failure::{Cause, Failure, escaped};
 use crate::requests::{HostAnswer, HostRequest};
 use crate::sandbox::{Body, Sandbox, Status};
 
@@ -198,7 +198,8 @@ impl PySandbox {
 
     /// Why the sandbox failed: `(cause, detail)`.
     fn failure(&mut self) -> Option<(&'static str, String)> {
-        self.sandbox().failure().map(|failure| (failure.cause.as_str(), failure.detail.clone()))
+        // An init error or a trap names guest text.
+        self.sandbox().failure().map(|failure| (failure.cause.as_str(), escaped(&failure.detail).into_owned()))
     }
 
     /// The log lines `(level, text, truncated)`, metric records `(metric, labels, value)`
