@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from wasmgate.runtime import instances_allowed
+from wasmgate.server import FailedStarts
 
 from .conftest import free_port
 from .wat import guest
@@ -286,3 +287,48 @@ def test_sighup_reloads_every_worker(gateway):
     else:
         pytest.fail("the workers did not reload after SIGHUP")
     assert get(f"{admin}/readyz")[0] == 200
+
+
+def test_the_supervisor_gives_up_after_workers_in_a_row_exit_before_they_serve():
+    starts = FailedStarts(limit=3)
+    assert [starts.exited(served=False) for _ in range(2)] == [False, False]
+    assert not starts.exited(served=True)  # a crash after serving: restarted, and the count starts again
+    assert [starts.exited(served=False) for _ in range(3)] == [False, False, True]
+
+
+def test_check_reports_a_state_path_it_cannot_open(tmp_path: Path):
+    config = write_config(tmp_path, state={"path": str(tmp_path)})  # a directory
+    result = wasmgate("check", "--config", str(config))
+    assert result.returncode == 1
+    assert f"state.path: cannot use {tmp_path}: unable to open database file" in result.stderr
+
+
+def test_run_listens_where_the_command_line_says_and_logs_its_drain_on_sigterm(tmp_path: Path):
+    listen, admin = free_port(), free_port()
+    config = write_config(tmp_path, listen="127.0.0.1:1", admin_listen="127.0.0.1:1")  # overridden
+    command = ["run", "--config", str(config), "--workers", "1"]
+    addresses = ["--listen", f"127.0.0.1:{listen}", "--admin-listen", f"127.0.0.1:{admin}"]
+    process = subprocess.Popen([*WASMGATE, *command, *addresses], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if get(f"http://127.0.0.1:{admin}/readyz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert get(f"http://127.0.0.1:{listen}/nowhere")[0] == 404
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, errors
+    messages = [json.loads(line).get("message", "") for line in errors.splitlines()]  # access lines have none
+    assert any(m.startswith("stopping: no new connections") for m in messages)
+    assert any(m.startswith("stopped after") for m in messages)
+
+
+def test_run_refuses_a_listen_address_on_the_command_line_that_is_not_one(tmp_path: Path):
+    result = wasmgate("run", "--config", str(write_config(tmp_path)), "--listen", "nowhere")
+    assert result.returncode == 2
+    assert "'nowhere' is not an address" in result.stderr

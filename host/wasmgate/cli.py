@@ -9,7 +9,9 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from .config import Config, ConfigError, LogFormat, explain, load_config
+from pydantic import TypeAdapter, ValidationError
+
+from .config import Address, Config, ConfigError, LogFormat, explain, load_config
 
 
 def _load(path: str) -> Config:
@@ -25,13 +27,14 @@ def _run(args: argparse.Namespace) -> int:
     from .server import run
 
     config = _load(args.config)
+    overrides = {key: value for key, value in (("listen", args.listen), ("admin_listen", args.admin_listen)) if value}
+    config = config.model_copy(update=overrides)
     logs.configure(json_lines=config.log_format is LogFormat.JSON)
     try:
-        run(config, args.workers or len(os.sched_getaffinity(0)), Path(args.config))
+        return run(config, args.workers or len(os.sched_getaffinity(0)), Path(args.config))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    return 0
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -75,6 +78,13 @@ def _demo(_: argparse.Namespace) -> int:
     return main()
 
 
+def _address(value: str) -> str:
+    try:
+        return TypeAdapter(Address).validate_python(value)
+    except ValidationError as error:
+        raise argparse.ArgumentTypeError(error.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+
 def _workers(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of worker processes (1 or more)")
@@ -94,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", required=True, help="the gateway's YAML config file")
     run.add_argument(
         "--workers", type=_workers, default=0, help="worker processes (default: one per core this process may use)"
+    )
+    run.add_argument("--listen", type=_address, metavar="HOST:PORT", help="serve here instead of the config's listen")
+    run.add_argument(
+        "--admin-listen", type=_address, metavar="HOST:PORT", help="the admin listener instead of admin_listen"
     )
     run.set_defaults(func=_run)
 

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -39,12 +40,14 @@ from .state import MemoryState, open_state
 
 log = logging.getLogger("wasmgate.server")
 
+T = TypeVar("T")
+
 
 def check(config: Config) -> None:
     """Compiles every module, runs every processor's init and reaches the state backend; raises ``ConfigError``."""
     check_machine(config)
-    if config.state.backend is StateBackendKind.REDIS:
-        open_state(config.state)
+    if config.state.backend is StateBackendKind.REDIS or config.state.path is not None:
+        asyncio.run(open_state(config.state).close())
     # Checking runs each init once and keeps no instance and no image: one slot per processor is enough.
     runtime = Runtime(cache_dir=config.cache_dir, max_instances=max(64, len(config.processors)))
     load_processors(runtime, config, serving=False)
@@ -182,9 +185,12 @@ async def serve(
         ready()
         log.info("serving on %s (pid %d)", config.listen, os.getpid())
         await stop.wait()
+        log.info("stopping: no new connections; requests in flight have %gs to finish", config.http.drain_timeout)
+        began = time.monotonic()
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+    log.info("stopped after %.1fs", time.monotonic() - began)
 
 
 GC_YOUNG_THRESHOLD = 50_000
@@ -201,33 +207,33 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
-def _run_loop(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Runs ``main(stop)`` on uvloop when available; SIGTERM and SIGINT set ``stop``."""
+def _run_loop(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Runs ``main(stop)`` on uvloop when available, and returns what it returns; SIGTERM and SIGINT set
+    ``stop``."""
 
-    async def entry() -> None:
+    async def entry() -> T:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await main(stop)
+        return await main(stop)
 
     try:
         import uvloop
     except ImportError:
-        asyncio.run(entry())
-    else:
-        uvloop.run(entry())
+        return asyncio.run(entry())
+    return uvloop.run(entry())
 
 
-def run(config: Config, workers: int, config_path: Path | None = None) -> None:
-    """Serves ``config``; with ``config_path``, reloads it (and the modules) live."""
+def run(config: Config, workers: int, config_path: Path | None = None) -> int:
+    """Serves ``config``; with ``config_path``, reloads it (and the modules) live. Returns the exit status."""
     check_machine(config)
     # Bound here once: a held address is one clear error, and the workers share this process's socket.
     listening, admin = bind(config.listen, "listen"), bind(config.admin_listen, "admin_listen")
     if workers == 1:
         _run_loop(lambda stop: serve(config, config_path, lambda: None, stop, listening, admin))
-    else:
-        _supervise(config, workers, config_path, listening, admin)
+        return 0
+    return _supervise(config, workers, config_path, listening, admin)
 
 
 def _worker(config: Config, config_path: Path | None, ready: Event, listening: socket.socket) -> None:
@@ -248,12 +254,30 @@ def _worker(config: Config, config_path: Path | None, ready: Event, listening: s
         loop.add_reader(supervisor, supervisor_gone)
         await serve(config, config_path, ready.set, stop, listening, admin=None)
 
-    _run_loop(main)
+    try:
+        _run_loop(main)
+    except ConfigError as error:  # what the supervisor's check could not see, as a file gone since
+        log.error("cannot start: %s", error)
+        raise SystemExit(1) from None
+
+
+class FailedStarts:
+    """Workers in a row that exited before they served. Past ``limit`` the supervisor stops: a worker that
+    cannot start (a file it cannot open, say) would only be restarted forever."""
+
+    def __init__(self, limit: int = 3) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def exited(self, served: bool) -> bool:
+        """A worker exited; whether to give up. One that served was a crash, and resets the count."""
+        self.count = 0 if served else self.count + 1
+        return self.count >= self.limit
 
 
 def _supervise(
     config: Config, workers: int, config_path: Path | None, listening: socket.socket, admin: socket.socket
-) -> None:
+) -> int:
     check(config)  # one clear report of every problem, before any worker starts
     config, made = shared_state(config)  # one memory database for every worker
     metrics_dir = tempfile.mkdtemp(prefix="wasmgate-metrics-")
@@ -268,7 +292,8 @@ def _supervise(
         process.start()
         return process, ready
 
-    async def main(stop: asyncio.Event) -> None:
+    async def main(stop: asyncio.Event) -> int:
+        """Supervises until ``stop``; the exit status."""
         from prometheus_client import CollectorRegistry, multiprocess
 
         from .admin import admin_app
@@ -288,15 +313,26 @@ def _supervise(
             return all(process.is_alive() and event.is_set() for process, event in slots)
 
         runner = await listen(admin_app(registry, ready, metrics.flush), admin)
+        failed_starts = FailedStarts()
         try:
             while not stop.is_set():
-                for i, (process, _) in enumerate(slots):
-                    if not process.is_alive():
-                        log.error("worker %d exited with %s; starting another", process.pid, process.exitcode)
-                        multiprocess.mark_process_dead(process.pid)
-                        slots[i] = start()
+                for i, (process, started) in enumerate(slots):
+                    if process.is_alive():
+                        continue
+                    multiprocess.mark_process_dead(process.pid)
+                    if failed_starts.exited(served=started.is_set()):
+                        log.error(
+                            "%d workers in a row exited before they served (the last with %s): stopping; their"
+                            " errors are above",
+                            failed_starts.count,
+                            process.exitcode,
+                        )
+                        return 1
+                    log.error("worker %d exited with %s; starting another", process.pid, process.exitcode)
+                    slots[i] = start()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
+            return 0
         finally:
             await runner.cleanup()
             for process, _ in slots:
@@ -308,4 +344,4 @@ def _supervise(
             if made is not None:
                 made.remove()
 
-    _run_loop(main)
+    return _run_loop(main)

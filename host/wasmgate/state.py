@@ -270,4 +270,9 @@ def open_state(config: StateConfig) -> State:
         state = RedisState(config.url, config.timeout)
         state.check()
         return state
-    return MemoryState.create() if config.path is None else MemoryState(config.path)
+    if config.path is None:
+        return MemoryState.create()
+    try:
+        return MemoryState(config.path)
+    except sqlite3.Error as error:
+        raise ConfigError("config", [f"state.path: cannot use {config.path}: {error}"]) from None

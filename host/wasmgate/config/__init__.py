@@ -21,9 +21,10 @@ from .models import (
     metric_namespace,
 )
 from .references import Reference, module_name, parse_reference
-from .units import split_address
+from .units import Address, split_address
 
 __all__ = [
+    "Address",
     "BodyMode",
     "Config",
     "ConfigError",

@@ -179,6 +179,8 @@ class HttpConfig(_Model):
     max_connections: int | None = Field(None, ge=1)
     """Client connections one worker holds at once; one more is answered 503 and closed. By default, half
     the process's open-file limit: the rest is for upstream connections, modules and logs."""
+    drain_timeout: Duration = 30.0
+    """On SIGTERM, how long requests in flight have to finish before their connections are closed."""
     server_header: str | None = Field("wasmgate", pattern=r"^[!-~]([ -~]{0,126}[!-~])?$")
     """The Server header of a response that has none (an upstream's passes as processors leave it); null: none."""
 

@@ -208,7 +208,9 @@ class EdgeRunner(web.AppRunner):
     """An ``AppRunner`` whose connections are handled by ``EdgeRequestHandler``, by ``http``."""
 
     def __init__(self, application: web.Application, http: HttpConfig, **kwargs: Any) -> None:
-        super().__init__(application, keepalive_timeout=http.keepalive_timeout, **kwargs)
+        super().__init__(
+            application, keepalive_timeout=http.keepalive_timeout, shutdown_timeout=http.drain_timeout, **kwargs
+        )
         self._http = http
 
     async def _make_server(self) -> web.Server:
