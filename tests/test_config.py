@@ -151,3 +151,9 @@ def test_an_empty_config_file_is_an_error(tmp_path: Path):
     with pytest.raises(ConfigError) as raised:
         load_config(path)
     assert raised.value.problems == ["(top level): the file is empty; a config has at least its routes"]
+
+
+def test_a_tenant_holds_no_control_characters():
+    assert problems({"routes": [{"name": "r", "upstream": "http://x", "tenant": "a\x00b"}]}) == [
+        "routes[0].tenant: must hold no control characters (it namespaces processors' shared state)"
+    ]

@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import redis
 
 from wasmgate.config import ConfigError, StateBackendKind, StateConfig
-from wasmgate.state import MemoryState, State, open_state
+from wasmgate.state import MemoryState, Quota, QuotaExceeded, State, open_state
 
 from .conftest import ROOT, drive, free_port, make_processor
 from .wat import guest
@@ -67,6 +68,8 @@ async def state(request: pytest.FixtureRequest) -> AsyncIterator[State]:
         memory.remove()
     else:
         url = request.getfixturevalue("redis_server").url
+        with redis.Redis.from_url(url) as client:
+            client.flushdb()  # each test starts from nothing, as on the memory backend
         redis_state = open_state(StateConfig(backend=StateBackendKind.REDIS, url=url))
         yield redis_state
         await redis_state.close()
@@ -191,6 +194,88 @@ async def test_the_key_value_store_sets_gets_expires_and_deletes(runtime, state)
     assert (await run("get"))[0] == 404
 
 
+# -- quotas and expiry --------------------------------------------------------------------
+
+
+async def test_a_write_past_the_key_quota_is_refused_and_changes_nothing(state):
+    quota = Quota(keys=2, bytes=2**20)
+    await state.kv_set(key("a"), b"1", 0, 5.0, quota)
+    await state.counter_add(key("b"), 1, 60_000, None, 5.0, quota)  # a counter is a key too
+    with pytest.raises(QuotaExceeded, match="quota"):
+        await state.kv_set(key("c"), b"1", 0, 5.0, quota)
+    assert await state.kv_get(key("c"), 5.0) is None
+    await state.kv_set(key("a"), b"2", 0, 5.0, quota)  # replacing a key adds none
+    assert await state.kv_get(key("a"), 5.0) == b"2"
+
+
+async def test_a_write_past_the_byte_quota_is_refused(state):
+    quota = Quota(keys=100, bytes=len(key("a")) + 1000)
+    await state.kv_set(key("a"), b"x" * 1000, 0, 5.0, quota)
+    with pytest.raises(QuotaExceeded):
+        await state.kv_set(key("a"), b"x" * 1001, 0, 5.0, quota)
+    await state.kv_set(key("a"), b"x" * 10, 0, 5.0, quota)  # smaller is always allowed
+    assert await state.kv_get(key("a"), 5.0) == b"x" * 10
+
+
+async def test_a_new_counter_past_the_quota_is_refused(state):
+    quota = Quota(keys=1, bytes=2**20)
+    await state.counter_add(key("a"), 1, 60_000, None, 5.0, quota)
+    await state.counter_add(key("a"), 1, 60_000, None, 5.0, quota)  # the same counter again
+    with pytest.raises(QuotaExceeded):
+        await state.counter_add(key("b"), 1, 60_000, None, 5.0, quota)
+
+
+async def test_deleted_and_expired_entries_give_their_quota_back(state):
+    quota = Quota(keys=2, bytes=2**20)
+    await state.kv_set(key("a"), b"1", 0, 5.0, quota)
+    await state.kv_set(key("b"), b"1", 100, 5.0, quota)
+    await state.kv_delete(key("a"), 5.0)
+    await state.kv_set(key("c"), b"1", 0, 5.0, quota)
+    await asyncio.sleep(0.2)  # b's TTL is over
+    await state.kv_set(key("d"), b"1", 0, 5.0, quota)
+    assert [await state.kv_get(key(name), 5.0) for name in "abcd"] == [None, None, b"1", b"1"]
+
+
+async def test_each_processor_has_its_own_quota(state):
+    quota = Quota(keys=1, bytes=2**20)
+    await state.kv_set(key("a", processor="full"), b"1", 0, 5.0, quota)
+    with pytest.raises(QuotaExceeded):
+        await state.kv_set(key("b", processor="full"), b"1", 0, 5.0, quota)
+    await state.kv_set(key("b", processor="other"), b"1", 0, 5.0, quota)
+
+
+async def test_expired_rows_leave_the_memory_database_as_writes_go_by():
+    memory = MemoryState.create()
+    try:
+        for i in range(200):
+            await memory.kv_set(key(f"short-{i}"), b"x" * 100, 10, 5.0, ROOMY)
+            await memory.counter_add(key(f"window-{i}"), 1, 10, None, 5.0, ROOMY)
+        await asyncio.sleep(0.05)
+        for _ in range(4):  # a batch of each table's expired rows per write
+            await memory.kv_set(key("kept"), b"x", 0, 5.0, ROOMY)
+        with sqlite3.connect(memory.path) as db:
+            counts = [db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("kv", "counters")]
+            usage = db.execute("SELECT keys, bytes FROM usage").fetchall()
+        assert counts == [1, 0]
+        assert usage == [(1, len(key("kept")) + 1)]
+    finally:
+        memory.remove()
+
+
+async def test_a_guest_past_its_state_quota_fails_with_state_quota(runtime, state):
+    setting = guest(
+        phases=1, request_headers="{s:key} {s:key} i32.const 0 call $kv-set i32.const 0", strings={"key": "k"}
+    )
+    first = make_processor(runtime, setting, name="quota-owner", state=state, state_quota={"keys": 1})
+    assert (await drive(runtime, [first])).status == 200
+    other = guest(
+        phases=1, request_headers="{s:key} {s:key} i32.const 0 call $kv-set i32.const 0", strings={"key": "j"}
+    )
+    second = make_processor(runtime, other, name="quota-owner", state=state, state_quota={"keys": 1})
+    driven = await drive(runtime, [second])
+    assert (driven.status, json.loads(driven.body)["error"]["cause"]) == (503, "state_quota")
+
+
 async def test_a_state_call_without_a_backend_fails_with_state_unavailable(runtime):
     processor = make_processor(runtime, counting())
     driven = await drive(runtime, [processor])
@@ -237,9 +322,17 @@ def test_an_unreachable_redis_is_a_clear_error_at_start():
     assert raised.value.problems[0].startswith(f"state.url: cannot reach Redis at {url}")
 
 
+ROOMY = Quota(keys=10**6, bytes=2**30)
+
+
+def key(name: str, processor: str = "p") -> bytes:
+    """A key as the core makes it: tenant, processor, the guest's key."""
+    return f"tenant\0{processor}\0{name}".encode()
+
+
 async def add_300(state: MemoryState) -> None:
     for _ in range(300):
-        await state.counter_add(b"shared", 1, 60_000, None, 5.0)
+        await state.counter_add(key("shared"), 1, 60_000, None, 5.0, ROOMY)
 
 
 async def test_the_memory_backend_is_one_source_of_truth_for_several_processes():
@@ -255,7 +348,7 @@ asyncio.run(add_300(MemoryState(Path({str(memory.path)!r}))))
         workers = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT) for _ in range(2)]
         await add_300(memory)
         assert [await asyncio.to_thread(worker.wait, 60) for worker in workers] == [0, 0]
-        assert (await memory.counter_add(b"shared", 0, 60_000, None, 5.0)).value == 900
+        assert (await memory.counter_add(key("shared"), 0, 60_000, None, 5.0, ROOMY)).value == 900
     finally:
         memory.remove()
 

@@ -5,7 +5,8 @@ package wasmgate
 // State shared by every worker and replica of the gateway: counters in
 // fixed windows, and a small key-value store. Keys are this processor's
 // own. When the gateway's state backend fails, the processor fails with
-// state_unavailable, by its failure mode: these calls return no errors.
+// state_unavailable, and when a write would pass its state_quota, with
+// state_quota, by its failure mode: these calls return no errors.
 
 // CounterAdd adds delta to a counter atomically and returns it. A counter
 // lives in a window of windowMs from its first add, then starts again from

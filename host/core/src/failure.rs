@@ -28,6 +28,8 @@ pub enum Cause {
     Overloaded,
     /// The shared state's backend failed.
     StateUnavailable,
+    /// A write would take the processor's shared state past its quota.
+    StateQuota,
     /// The host itself failed (a bug): the processor is discarded, the gateway goes on.
     HostError,
 }
@@ -42,6 +44,7 @@ impl Cause {
             Cause::InitFailed => "init_failed",
             Cause::Overloaded => "overloaded",
             Cause::StateUnavailable => "state_unavailable",
+            Cause::StateQuota => "state_quota",
             Cause::HostError => "host_error",
         }
     }
@@ -55,6 +58,7 @@ impl Cause {
             Cause::InitFailed,
             Cause::Overloaded,
             Cause::StateUnavailable,
+            Cause::StateQuota,
             Cause::HostError,
         ]
         .into_iter()

@@ -97,6 +97,15 @@ def metric_namespace(processor: str) -> str:
     return processor.replace("-", "_").replace(".", "_")
 
 
+class StateQuota(_Model):
+    """What one processor may keep in shared state, per tenant: past it, a write fails with state_quota."""
+
+    keys: int = Field(100_000, ge=1)
+    """Keys and counters, together."""
+    bytes: Size = 64 * 2**20
+    """Their keys' and values' bytes (a counter's value counts as 16)."""
+
+
 class ProcessorConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     module: ModuleReference
@@ -112,6 +121,7 @@ class ProcessorConfig(_Model):
     timeouts: Timeouts = Timeouts()
     memory_limit: Size = 16 * 2**20
     subrequests: SubrequestConfig = SubrequestConfig()
+    state_quota: StateQuota = StateQuota()
     upstreams: list[Origin] | None = None
     """The only origins the processor may send a request to with set-upstream. By default, when the
     config is loaded, the origins of every route's upstream."""
@@ -163,8 +173,16 @@ class RouteConfig(_Model):
     match: Match = Match()
     upstream: Upstream
     processors: list[str] = []
-    tenant: str = ""
+    tenant: str = Field("", max_length=128)
+    """Reported to processors; it namespaces their shared state, so it holds no control character."""
     timeout: Duration = 300.0
+
+    @field_validator("tenant")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError("must hold no control characters (it namespaces processors' shared state)")
+        return value
 
 
 class HttpConfig(_Model):

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from ..metrics import GUEST_LOG_DROPPED, GuestMetrics
 from ..runtime import Cause, Counter, MetricKind, ProcessorFailure
-from ..state import CounterOutOfRange, State, StateUnavailable
+from ..state import CounterOutOfRange, Quota, QuotaExceeded, State, StateUnavailable
 
 T = TypeVar("T")
 
@@ -21,9 +21,10 @@ T = TypeVar("T")
 class ProcessorHost:
     """One processor's services (``runtime.Host``)."""
 
-    def __init__(self, processor: str, state: State | None, metrics: GuestMetrics) -> None:
+    def __init__(self, processor: str, state: State | None, metrics: GuestMetrics, quota: Quota) -> None:
         self._processor = processor
         self._state = state
+        self._quota = quota
         self._metrics = metrics
 
     def _backend(self, call: str) -> State:
@@ -43,17 +44,20 @@ class ProcessorHost:
             raise ProcessorFailure(Cause.STATE_UNAVAILABLE, f"{call}: {error}") from None
         except CounterOutOfRange as error:
             raise ProcessorFailure(Cause.ABI_VIOLATION, f"{call}: {error}") from None
+        except QuotaExceeded as error:
+            raise ProcessorFailure(Cause.STATE_QUOTA, f"{call}: {error}") from None
 
     async def counter_add(self, key: bytes, delta: int, window_ms: int, limit: int | None, timeout: float) -> Counter:
         state = self._backend("counter-add")
-        added = await self._bounded("counter-add", state.counter_add(key, delta, window_ms, limit, timeout), timeout)
+        adding = state.counter_add(key, delta, window_ms, limit, timeout, self._quota)
+        added = await self._bounded("counter-add", adding, timeout)
         return Counter(added.value, min(added.reset_ms, 0xFFFFFFFF), added.applied)
 
     async def kv_get(self, key: bytes, timeout: float) -> bytes | None:
         return await self._bounded("kv-get", self._backend("kv-get").kv_get(key, timeout), timeout)
 
     async def kv_set(self, key: bytes, value: bytes, ttl_ms: int, timeout: float) -> None:
-        await self._bounded("kv-set", self._backend("kv-set").kv_set(key, value, ttl_ms, timeout), timeout)
+        await self._bounded("kv-set", self._backend("kv-set").kv_set(key, value, ttl_ms, timeout, self._quota), timeout)
 
     async def kv_delete(self, key: bytes, timeout: float) -> None:
         await self._bounded("kv-delete", self._backend("kv-delete").kv_delete(key, timeout), timeout)

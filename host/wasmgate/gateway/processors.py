@@ -28,7 +28,7 @@ from ..config import (
 from ..metrics import GuestMetrics, ProcessorMetrics
 from ..runtime import PHASE_OF_HOOK, CompiledModule, Guest, Hook, ModuleError, ProcessorFailure, Runtime, Sandbox
 from ..sources import ModuleCatalog, ModuleNotFound
-from ..state import State
+from ..state import Quota, State
 from .exchange import LocalResponse
 from .host import ProcessorHost
 from .instances import SandboxPool
@@ -102,7 +102,8 @@ def build_processor(
         calls.timeout,
         PREPARED if serving and spec.instances is InstanceMode.FRESH else 0,
     )
-    host = ProcessorHost(spec.name, state, GuestMetrics(spec.name))
+    quota = Quota(spec.state_quota.keys, spec.state_quota.bytes)
+    host = ProcessorHost(spec.name, state, GuestMetrics(spec.name), quota)
     sandbox = Sandbox(runtime, guest, host)
     try:
         phases = sandbox.start_blocking()

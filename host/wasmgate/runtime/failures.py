@@ -28,6 +28,8 @@ class Cause(enum.StrEnum):
     memory mapping of a new one."""
     STATE_UNAVAILABLE = "state_unavailable"
     """The shared state's backend failed or did not answer in time."""
+    STATE_QUOTA = "state_quota"
+    """A write would take the processor's shared state past its ``state_quota`` of keys or bytes."""
     HOST_ERROR = "host_error"
     """The host itself failed serving the processor (a bug in wasmgate): the processor's
     request fails by its failure mode, the gateway goes on."""

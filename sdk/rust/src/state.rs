@@ -1,7 +1,8 @@
 //! State shared by every worker and replica of the gateway: counters in
 //! fixed windows, and a small key-value store. Keys are this processor's
 //! own. When the gateway's state backend fails, the processor fails with
-//! `state_unavailable`, by its failure mode: these calls do not return errors.
+//! `state_unavailable`, and when a write would pass its `state_quota`, with
+//! `state_quota`, by its failure mode: these calls do not return errors.
 //!
 //! ```ignore
 //! // At most 100 requests a minute per user: a check-and-add never overshoots.
