@@ -5,10 +5,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import subprocess
 import sys
+import time
 
 from wasmgate.logs import BatchingHandler
+
+from .conftest import ROOT
 
 
 def handler_over(raw: io.BytesIO) -> BatchingHandler:
@@ -92,3 +97,30 @@ def test_a_json_line_carries_the_traceback_of_an_error():
         failed = logging.LogRecord("wasmgate", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
     handler.emit(failed)
     assert "ValueError: boom" in json.loads(raw.getvalue())["error"]
+
+
+WRITER = """
+import sys
+from wasmgate.logs import BatchingHandler, LineWriter
+handler = BatchingHandler(LineWriter(1), worker=int(sys.argv[1]))
+for i in range(2000):
+    handler.write_access({"n": i, "padding": "x" * (i % 700)})  # lines of many lengths, buffers cut anywhere
+handler.flush()
+"""
+
+
+def test_lines_from_several_processes_on_one_pipe_never_mix():
+    read, write = os.pipe()
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(worker)], stdout=write, cwd=ROOT) for worker in (1, 2, 3)
+    ]
+    os.close(write)
+    chunks = []
+    with os.fdopen(read, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(8192):  # a slow reader: the pipe fills, and writers block mid-write
+            chunks.append(chunk)
+            time.sleep(0.001)
+    output = b"".join(chunks)
+    assert [writer.wait(60) for writer in writers] == [0, 0, 0]
+    lines = [json.loads(line) for line in output.decode().splitlines()]  # each whole, or this fails
+    assert sorted((line["worker"], line["n"]) for line in lines) == [(w, n) for w in (1, 2, 3) for n in range(2000)]
