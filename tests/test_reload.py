@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -198,3 +199,12 @@ async def test_a_module_in_a_subdirectory_of_a_module_dir_is_not_watched(live):
     async with aiohttp.ClientSession() as client:
         await live.until(client, "v2")
     assert reloads("applied") == applied + 1
+
+
+async def test_a_reload_that_changes_a_restart_only_key_says_so_and_applies_the_rest(live, caplog):
+    applied = reloads("applied")
+    with caplog.at_level(logging.WARNING, logger="wasmgate.reload"):
+        live.write_config(http={"header_timeout": "5s"}, max_subrequest_depth=1)
+        await next_reload("applied", applied)
+    warned = [r.getMessage() for r in caplog.records if r.name == "wasmgate.reload"]
+    assert "config key http changed; it takes effect at the next restart" in warned

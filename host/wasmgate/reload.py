@@ -11,9 +11,10 @@ requests already started finish with the versions they started with, and
 new requests get the new ones. A reload that fails is logged and counted,
 and the running versions keep serving.
 
-Live: processors, routes, module_dirs, oci, max_subrequest_depth. The
-listen addresses, ``sandbox``, ``upstream``, ``cache_dir`` and ``state``
-need a restart; a reload that changes them says so and applies the rest.
+Live: processors, routes, module_dirs, oci, trusted_proxies,
+max_subrequest_depth. The listen addresses, ``sandbox``, ``upstream``,
+``http``, ``cache_dir``, ``state`` and ``log_format`` need a restart; a
+reload that changes them says so and applies the rest.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ log = logging.getLogger("wasmgate.reload")
 
 WATCH_DEBOUNCE_MS = 200
 """Changes are taken in once they have settled this long: a module being copied in is read whole."""
-_NEEDS_RESTART = ("listen", "admin_listen", "sandbox", "upstream", "cache_dir", "state")
+_NEEDS_RESTART = ("listen", "admin_listen", "sandbox", "upstream", "http", "cache_dir", "state", "log_format")
 
 
 def publish(processors: dict[str, Processor], previous: dict[str, Processor] | None = None) -> None:
