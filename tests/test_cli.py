@@ -189,15 +189,7 @@ def gateway(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
         text=True,
     )
     base, admin_base = f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if get(f"{admin_base}/readyz")[0] == 200:
-                break
-        except OSError:
-            pass
-        time.sleep(0.1)
-    else:
+    if not ready(admin_base):
         process.kill()
         pytest.fail(f"the gateway did not become ready:\n{process.communicate()[0]}")
     yield base, admin_base, process
@@ -208,6 +200,19 @@ def gateway(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def ready(admin: str, seconds: float = 30) -> bool:
+    """Whether the admin listener at ``admin`` says ready within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if get(f"{admin}/readyz")[0] == 200:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def children(pid: int) -> set[int]:
@@ -310,13 +315,7 @@ def test_run_listens_where_the_command_line_says_and_logs_its_drain_on_sigterm(t
     addresses = ["--listen", f"127.0.0.1:{listen}", "--admin-listen", f"127.0.0.1:{admin}"]
     process = subprocess.Popen([*WASMGATE, *command, *addresses], stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if get(f"http://127.0.0.1:{admin}/readyz")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
+        assert ready(f"http://127.0.0.1:{admin}")
         assert get(f"http://127.0.0.1:{listen}/nowhere")[0] == 404
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=30)
