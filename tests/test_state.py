@@ -376,3 +376,21 @@ def test_the_memory_database_is_readable_by_its_user_only():
         assert made.path.stat().st_mode & 0o777 == 0o600
     finally:
         made.remove()
+
+
+async def test_a_memory_database_of_the_earlier_layout_is_migrated_with_its_rows(tmp_path):
+    path = tmp_path / "state.sqlite"
+    with sqlite3.connect(path) as db:  # as the gateway before quotas made it
+        db.execute("CREATE TABLE counters (key BLOB PRIMARY KEY, value INTEGER, window_end INTEGER)")
+        db.execute("CREATE TABLE kv (key BLOB PRIMARY KEY, value BLOB, expires INTEGER)")
+        db.execute("INSERT INTO counters VALUES (?, 7, ?)", (key("c"), 2**62))
+        db.execute("INSERT INTO kv VALUES (?, ?, 0)", (key("k"), b"kept"))
+    memory = MemoryState(path)
+    try:
+        assert await memory.kv_get(key("k"), 5.0) == b"kept"
+        assert (await memory.counter_add(key("c"), 1, 60_000, None, 5.0, ROOMY)).value == 8
+        with pytest.raises(QuotaExceeded):  # both rows count against the quota
+            await memory.kv_set(key("new"), b"x", 0, 5.0, Quota(keys=2, bytes=2**20))
+    finally:
+        await memory.close()
+    assert MemoryState(path)  # opened again: already migrated

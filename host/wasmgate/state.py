@@ -132,10 +132,19 @@ class MemoryState:
         self.path = path
         # One connection, used only from the event loop of the process, never from two threads at once.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout=0")  # a locked database is waited for here, without blocking
+        self._db.execute("PRAGMA busy_timeout=10000")  # opening (off the event loop) may wait for the lock
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=OFF")  # shared memory: nothing to make durable
-        self._db.executescript(_SCHEMA)
+        if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            self._db.execute("BEGIN IMMEDIATE")  # every worker opens it at once: one makes or migrates it
+            try:
+                if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    _migrate(self._db)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        self._db.execute("PRAGMA busy_timeout=0")  # from now on a locked database is waited for without blocking
 
     @classmethod
     def create(cls) -> MemoryState:
@@ -232,6 +241,34 @@ class MemoryState:
                 _release(db, row[0], 1, row[1])
 
         await self._transaction(timeout, delete)
+
+
+SCHEMA_VERSION = 2
+"""1: rows only; 2: rows with their namespace and size, and each namespace's usage."""
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Brings a database made by an earlier version up to ``SCHEMA_VERSION``, keeping its rows."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    old: dict[str, list[tuple[bytes, object, int]]] = {}
+    for table in ("kv", "counters") if "usage" not in tables else ():
+        if table in tables:
+            old[table] = db.execute(f"SELECT * FROM {table}").fetchall()
+            db.execute(f"DROP TABLE {table}")
+    for statement in _SCHEMA.split(";"):  # not executescript: it would commit the transaction
+        if statement.strip():
+            db.execute(statement)
+    for table, rows in old.items():
+        for key, value, ends in rows:
+            size = len(key) + (len(value) if isinstance(value, bytes) else COUNTER_BYTES)
+            namespace = namespace_of(key)
+            db.execute(f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)", (key, value, ends, namespace, size))
+            db.execute(
+                "INSERT INTO usage VALUES (?, 1, ?) ON CONFLICT (namespace) DO UPDATE"
+                " SET keys = keys + 1, bytes = bytes + excluded.bytes",
+                (namespace, size),
+            )
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 _SCHEMA = """

@@ -129,6 +129,11 @@ class EdgeRequestHandler(RequestHandler):
         if not self._awaiting_head():
             self._stop_head_timer()
 
+    async def _handle_request(self, request: BaseRequest, start_time: float | None, handler: Any) -> Any:
+        # Body bytes that came before the request's task ran looked like the start of a head.
+        self._stop_head_timer()
+        return await super()._handle_request(request, start_time, handler)
+
     def _process_keepalive(self) -> None:
         if self._head_timer is None:  # a head under way is the head timer's to end, with a 408
             super()._process_keepalive()
