@@ -394,3 +394,23 @@ async def test_a_memory_database_of_the_earlier_layout_is_migrated_with_its_rows
     finally:
         await memory.close()
     assert MemoryState(path)  # opened again: already migrated
+
+
+async def test_the_memory_backends_usage_stays_true_when_an_expired_key_is_overwritten_at_its_quota():
+    memory = MemoryState.create()
+    try:
+        others = [key(f"other-{i}") for i in range(200)]
+        small = max(len(other) for other in others) + 1
+        quota = Quota(keys=1000, bytes=1000 + sum(len(other) + 1 for other in others) + len(key("k")) + 10)
+        await memory.kv_set(key("fill"), b"x" * (1000 - len(key("fill"))), 0, 5.0, quota)
+        for other in others:  # they expire first, so a write's batch purge takes them before k
+            await memory.kv_set(other, b"x", 20, 5.0, quota)
+        await memory.kv_set(key("k"), b"x" * 10, 40, 5.0, quota)
+        await asyncio.sleep(0.1)
+        await memory.kv_set(key("k"), b"x" * 100 * small, 0, 5.0, quota)  # over until every expired row goes
+        with sqlite3.connect(memory.path) as db:
+            held = db.execute("SELECT count(*), sum(size) FROM kv").fetchone()
+            usage = db.execute("SELECT keys, bytes FROM usage").fetchone()
+        assert usage == held
+    finally:
+        memory.remove()

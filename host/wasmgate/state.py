@@ -228,6 +228,12 @@ class MemoryState:
 
         def put(db: sqlite3.Connection) -> None:
             _purge(db, now)
+            # This key's own expired row goes first: the namespace's purge in _charge must not release it unseen.
+            gone = db.execute(
+                "DELETE FROM kv WHERE key = ? AND expires > 0 AND expires <= ? RETURNING size", (key, now)
+            ).fetchone()
+            if gone is not None:
+                _release(db, namespace, 1, gone[0])
             row = db.execute("SELECT size FROM kv WHERE key = ?", (key,)).fetchone()
             _charge(db, now, namespace, 0 if row else 1, size - (row[0] if row else 0), quota)
             db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?)", (key, value, expires, namespace, size))
