@@ -13,6 +13,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from wasmgate.gateway import Gateway
+
 from .conftest import route
 from .raw import post, send
 from .wat import guest
@@ -195,3 +197,27 @@ async def test_an_unsolicited_101_from_the_upstream_is_a_502(start, caplog):
         server.close()
     assert (status, json.loads(body)["error"]["type"]) == (502, "upstream_protocol_error")
     assert b"raw bytes" not in body
+
+
+async def test_the_rest_of_a_body_after_an_early_answer_is_not_taken_for_a_slow_head(start, caplog):
+    gateway = await start({"http": FAST, "routes": [route(match={"path_prefix": "/v1/"})]})
+    async with connection(gateway) as (reader, writer):
+        writer.write(post("/elsewhere", b"12345").replace(b"Content-Length: 5", b"Content-Length: 10"))
+        assert (await answer(reader))[0] == 404  # answered before the body was read
+        writer.write(b"67890")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # the idle connection closes, unanswered
+    assert edge_warnings(caplog) == []
+
+
+async def test_the_gateways_own_failure_is_a_json_500_with_its_server_header(start, monkeypatch, caplog):
+    gateway = await start({"routes": [route()]})
+
+    async def broken(self, request):  # a bug in the gateway
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Gateway, "_serve", broken)
+    async with aiohttp.ClientSession() as client, client.get(f"{gateway}/v1/chat") as response:
+        assert response.status == 500
+        assert response.headers["Server"] == "wasmgate"
+        assert (await response.json())["error"]["type"] == "gateway_error"
+    assert any(record.exc_info for record in caplog.records)  # the traceback is the operator's

@@ -34,6 +34,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -99,6 +100,7 @@ class EdgeRequestHandler(RequestHandler):
         self._edge = manager
         self._head_timer: asyncio.TimerHandle | None = None
         self._counted = False
+        self._body: StreamReader | None = None  # the last request's, which aiohttp may read on after answering
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -123,7 +125,8 @@ class EdgeRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and self._awaiting_head():  # the first bytes of a new request
+        # The first bytes of a new request (aiohttp calls this with none when it resumes reading).
+        if data and self._head_timer is None and self._awaiting_head():
             self._start_head_timer()
         super().data_received(data)
         if not self._awaiting_head():
@@ -132,6 +135,7 @@ class EdgeRequestHandler(RequestHandler):
     async def _handle_request(self, request: BaseRequest, start_time: float | None, handler: Any) -> Any:
         # Body bytes that came before the request's task ran looked like the start of a head.
         self._stop_head_timer()
+        self._body = request.content
         return await super()._handle_request(request, start_time, handler)
 
     def _process_keepalive(self) -> None:
@@ -139,8 +143,11 @@ class EdgeRequestHandler(RequestHandler):
             super()._process_keepalive()
 
     def _awaiting_head(self) -> bool:
-        """No request is parsed, in progress or switched away from HTTP: the next bytes are a head."""
-        return not (self._messages or self._request_in_progress or self._payload_parser or self._upgraded)
+        """No request is parsed or in progress, the last one's body is all read (an early answer leaves aiohttp
+        reading the rest), and the connection is still HTTP: the next bytes are a head."""
+        if self._messages or self._request_in_progress or self._payload_parser or self._upgraded:
+            return False
+        return self._body is None or self._body.is_eof()
 
     def _start_head_timer(self) -> None:
         self._head_timer = self._loop.call_later(self._edge.http.header_timeout, self._head_timed_out)
@@ -169,8 +176,9 @@ class EdgeRequestHandler(RequestHandler):
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
-        if status >= 500:  # the gateway's own failure: aiohttp's traceback is what an operator needs
-            return super().handle_error(request, status, exc, message)
+        if status >= 500:  # the gateway's own failure: aiohttp logs the traceback an operator needs
+            super().handle_error(request, status, exc, message)
+            return self._answer(status, "gateway_error")
         if request.writer.output_size > 0:
             raise ConnectionError("the response has started: nothing is left to answer with")
         if isinstance(exc, LineTooLong):
@@ -178,8 +186,12 @@ class EdgeRequestHandler(RequestHandler):
         reason = type(exc).__name__ if exc is not None else HTTPStatus(status).phrase
         log.warning("malformed request from %s refused with %d: %s", request.remote, status, reason)
         _count(status, request.remote, reason)
-        body = error_body("bad_request", HTTPStatus(status).phrase)
-        response = Response(status=status, body=body, content_type="application/json")
+        return self._answer(status, "bad_request")
+
+    def _answer(self, status: int, kind: str) -> Response:
+        """The gateway's JSON answer for what was no request of its own, closing the connection."""
+        response = Response(status=status, body=error_body(kind, HTTPStatus(status).phrase))
+        response.content_type = "application/json"
         if self._edge.http.server_header:
             response.headers["Server"] = self._edge.http.server_header
         response.force_close()
