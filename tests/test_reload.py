@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from wasmgate import reload as reload_module
 from wasmgate.config import load_config
 from wasmgate.reload import WATCH_DEBOUNCE_MS
-from wasmgate.server import start_gateway
+from wasmgate.server import RELOADER, start_gateway
 
 from .conftest import header_echo
 from .wat import header_setter
@@ -208,3 +208,24 @@ async def test_a_reload_that_changes_a_restart_only_key_says_so_and_applies_the_
         await next_reload("applied", applied)
     warned = [r.getMessage() for r in caplog.records if r.name == "wasmgate.reload"]
     assert "config key http changed; it takes effect at the next restart" in warned
+
+
+async def test_listen_addresses_given_on_the_command_line_are_kept_and_warn_only_when_the_file_changes_them(
+    runtime, tmp_path: Path, caplog
+):
+    config_path = tmp_path / "gateway.yaml"
+    on_disk = {"listen": "127.0.0.1:1", "admin_listen": "127.0.0.1:2", "cache_dir": None}
+    put(config_path, yaml.safe_dump(on_disk).encode())
+    overridden = load_config(config_path).model_copy(update={"listen": "127.0.0.1:0"})  # as --listen does
+    runner = await start_gateway(overridden, runtime, config_path=config_path)
+    reloader = runner.app[RELOADER]
+    try:
+        with caplog.at_level(logging.WARNING, logger="wasmgate.reload"):
+            assert await reloader.reload("a test")
+            assert not [r for r in caplog.records if r.name == "wasmgate.reload"]
+            put(config_path, yaml.safe_dump({**on_disk, "listen": "127.0.0.1:3"}).encode())
+            assert await reloader.reload("a test")
+        warned = [r.getMessage() for r in caplog.records if r.name == "wasmgate.reload"]
+        assert warned == ["the listen addresses changed; they take effect at the next restart"]
+    finally:
+        await runner.cleanup()

@@ -37,7 +37,11 @@ log = logging.getLogger("wasmgate.reload")
 
 WATCH_DEBOUNCE_MS = 200
 """Changes are taken in once they have settled this long: a module being copied in is read whole."""
-_NEEDS_RESTART = ("listen", "admin_listen", "sandbox", "upstream", "http", "cache_dir", "state", "log_format")
+_NEEDS_RESTART = ("sandbox", "upstream", "http", "cache_dir", "state", "log_format")
+
+
+def _addresses(config: Config) -> tuple[str, str]:
+    return config.listen, config.admin_listen
 
 
 def publish(processors: dict[str, Processor], previous: dict[str, Processor] | None = None) -> None:
@@ -75,6 +79,8 @@ class Reloader:
         self._config = config
         self._processors = processors
         self._config_path = config_path.resolve()
+        # The listen addresses serving may come from the command line: a reload compares the file's with the file's.
+        self._addresses_on_disk = _addresses(load_config(self._config_path))
         self._lock = asyncio.Lock()
         self._rewatch = asyncio.Event()  # set when module_dirs changed: the watch starts again
         self._tasks: list[asyncio.Task[None]] = []
@@ -137,6 +143,12 @@ class Reloader:
         async with self._lock:
             try:
                 config = load_config(self._config_path)
+                if _addresses(config) != self._addresses_on_disk:
+                    log.warning("the listen addresses changed; they take effect at the next restart")
+                self._addresses_on_disk = _addresses(config)
+                config = config.model_copy(
+                    update={"listen": self._config.listen, "admin_listen": self._config.admin_listen}
+                )
                 if config.state.path is None:  # the memory database made at start stays the one
                     config = config.model_copy(
                         update={"state": config.state.model_copy(update={"path": self._config.state.path})}
