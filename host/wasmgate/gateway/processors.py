@@ -27,7 +27,7 @@ from ..config import (
 )
 from ..metrics import GuestMetrics, ProcessorMetrics
 from ..runtime import PHASE_OF_HOOK, CompiledModule, Guest, Hook, ModuleError, ProcessorFailure, Runtime, Sandbox
-from ..sources import ModuleCatalog, ModuleNotFound
+from ..sources import Fetched, ModuleCatalog, ModuleNotFound
 from ..state import Quota, State
 from .exchange import LocalResponse
 from .host import ProcessorHost
@@ -150,7 +150,7 @@ def load_processors(
     """
     catalog = catalog or ModuleCatalog.for_config(config)
     problems: list[str] = []
-    fetched: dict[str, bytes] = {}
+    fetched: dict[str, Fetched] = {}
     modules: dict[str, CompiledModule | None] = {}
     processors: dict[str, Processor] = {}
     for i, spec in enumerate(config.processors):
@@ -161,7 +161,7 @@ def load_processors(
             except ModuleNotFound as error:
                 problems.append(f"processors[{i}].module: {error}")
                 continue
-            fetched[spec.module] = found.wasm
+            fetched[spec.module] = found
             try:
                 modules[spec.module] = runtime.compile(module_name(spec.module), found.wasm)
             except ModuleError as error:

@@ -33,7 +33,11 @@ class ModuleNotFound(Exception):
 class Fetched:
     wasm: bytes
     source: str
-    """Where the bytes came from, for errors: a file, an OCI reference, or the version kept."""
+    """Where the bytes came from, for errors: a file or an OCI reference."""
+
+    @property
+    def shipped(self) -> bool:
+        return Path(self.source).parent == SHIPPED
 
 
 def find_module(name: str, module_dirs: list[Path]) -> Path | None:
@@ -51,7 +55,7 @@ class ModuleCatalog:
     def __init__(self, module_dirs: list[Path], oci: OciSource) -> None:
         self.module_dirs = module_dirs
         self.oci = oci
-        self._kept: dict[str, bytes] = {}
+        self._kept: dict[str, Fetched] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -70,6 +74,10 @@ class ModuleCatalog:
                 problem = str(error)
         else:
             path = find_module(reference, self.module_dirs)
+            with self._lock:
+                kept = self._kept.get(reference)
+            if path is not None and path.parent == SHIPPED and kept is not None and not kept.shipped:
+                path = None  # a module of module_dirs that is gone serves on, as any removed module does
             try:
                 if path is not None:
                     return Fetched(path.read_bytes(), str(path))
@@ -82,9 +90,9 @@ class ModuleCatalog:
         if kept is None:
             raise ModuleNotFound(problem)
         log.warning("%s; the version loaded before serves on", problem)
-        return Fetched(kept, f"{reference} (the version loaded before)")
+        return kept
 
-    def keep(self, modules: dict[str, bytes]) -> None:
+    def keep(self, modules: dict[str, Fetched]) -> None:
         """Remembers the versions a successful load used."""
         with self._lock:
             self._kept.update(modules)
