@@ -142,13 +142,14 @@ def access(fields: dict[str, Any]) -> None:
 
 class LineWriter:
     """A text stream to a file descriptor that buffers up to ``limit`` bytes and writes whole lines only; to a
-    pipe, in writes of at most ``PIPE_BUF`` bytes (a longer line alone). Each ``write`` must be whole lines, as
-    the handlers' are."""
+    pipe or a socket (journald's), in writes of at most ``PIPE_BUF`` bytes (a longer line alone). Each
+    ``write`` must be whole lines, as the handlers' are."""
 
     def __init__(self, fd: int, limit: int = BUFFER_BYTES) -> None:
         self._fd = fd
         self._limit = limit
-        self._chunk = select.PIPE_BUF if stat.S_ISFIFO(os.fstat(fd).st_mode) else limit
+        mode = os.fstat(fd).st_mode
+        self._chunk = select.PIPE_BUF if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else limit
         self._lines: list[bytes] = []
         self._size = 0
         self._lock = threading.Lock()

@@ -337,7 +337,7 @@ def _supervise(
             await runner.cleanup()
             for process, _ in slots:
                 process.terminate()
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + config.http.drain_timeout + 5  # the workers drain, then exit
             for process, _ in slots:
                 process.join(max(0.0, deadline - time.monotonic()))
             shutil.rmtree(metrics_dir, ignore_errors=True)
