@@ -414,6 +414,11 @@ redis.call('DEL', KEYS[1])
 """
 
 
+def _at_quota(quota: Quota) -> QuotaExceeded:
+    """What a script's refusal says: it does not tell keys from bytes."""
+    return QuotaExceeded(f"the processor's state is at its quota of {quota.keys} keys or {quota.bytes} bytes")
+
+
 def _ledger(key: bytes, row: bytes) -> list[bytes]:
     """The keys a script is given: the row's own, then its namespace's ledger."""
     namespace = namespace_of(key)
@@ -480,7 +485,7 @@ class RedisState:
         if applied == 2:  # the script's mark for an add out of range
             raise CounterOutOfRange(f"{value} + {delta} is out of a counter's range (±2^53)")
         if applied == 3:
-            raise QuotaExceeded(f"the processor's state is at its quota of {quota.keys} keys or {quota.bytes} bytes")
+            raise _at_quota(quota)
         return Counter(int(value), int(ttl), bool(applied))
 
     async def kv_get(self, key: bytes, timeout: float) -> bytes | None:
@@ -493,7 +498,7 @@ class RedisState:
         async with self._call():
             stored = await self._scripts["kv_set"](keys=_ledger(key, row), args=args)
         if stored == 3:
-            raise QuotaExceeded(f"the processor's state is at its quota of {quota.keys} keys or {quota.bytes} bytes")
+            raise _at_quota(quota)
 
     async def kv_delete(self, key: bytes, timeout: float) -> None:
         async with self._call():

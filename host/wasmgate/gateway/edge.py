@@ -25,7 +25,6 @@ version these tests ran on.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import resource
 import time
@@ -41,6 +40,7 @@ from aiohttp.web_request import BaseRequest
 from .. import logs
 from ..config import HttpConfig
 from ..metrics import CONNECTIONS_REFUSED, REQUESTS
+from .exchange import error_body
 
 log = logging.getLogger("wasmgate.edge")
 
@@ -66,11 +66,6 @@ class StreamResponse(_NoDefaultServerHeader, web.StreamResponse):
     pass
 
 
-def error_body(kind: str, message: str) -> bytes:
-    """The JSON body of every answer the gateway makes for itself."""
-    return json.dumps({"error": {"type": kind, "message": message}}).encode()
-
-
 def connection_limit(http: HttpConfig) -> int:
     """``http.max_connections``, or half the soft limit on open files (1024 when there is none)."""
     if http.max_connections is not None:
@@ -81,7 +76,7 @@ def connection_limit(http: HttpConfig) -> int:
 
 def _refused(status: int, kind: str, message: str, server: str | None) -> bytes:
     """A whole answer, written to a connection that has no request to answer, then closed."""
-    body = error_body(kind, message)
+    body = error_body({"type": kind, "message": message})
     head = [
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
         "Content-Type: application/json",
@@ -190,7 +185,7 @@ class EdgeRequestHandler(RequestHandler):
 
     def _answer(self, status: int, kind: str) -> Response:
         """The gateway's JSON answer for what was no request of its own, closing the connection."""
-        response = Response(status=status, body=error_body(kind, HTTPStatus(status).phrase))
+        response = Response(status=status, body=error_body({"type": kind, "message": HTTPStatus(status).phrase}))
         response.content_type = "application/json"
         if self._edge.http.server_header:
             response.headers["Server"] = self._edge.http.server_header

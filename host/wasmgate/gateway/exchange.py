@@ -13,7 +13,7 @@ from multidict import CIMultiDict
 
 from ..runtime import MANAGED_HEADERS, Exchange
 
-__all__ = ["MANAGED_HEADERS", "Exchange", "LocalResponse", "RequestFacts", "new_exchange"]
+__all__ = ["MANAGED_HEADERS", "Exchange", "LocalResponse", "RequestFacts", "error_body", "new_exchange"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,4 +56,9 @@ class LocalResponse:
 
     @classmethod
     def json_error(cls, status: int, error: dict[str, str]) -> LocalResponse:
-        return cls(status, [("content-type", "application/json")], json.dumps({"error": error}).encode())
+        return cls(status, [("content-type", "application/json")], error_body(error))
+
+
+def error_body(error: dict[str, str]) -> bytes:
+    """The JSON body of every answer the gateway makes for itself: ``{"error": {"type": ..., ...}}``."""
+    return json.dumps({"error": error}).encode()

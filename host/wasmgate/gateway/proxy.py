@@ -28,8 +28,8 @@ from ..metrics import REQUESTS
 from ..metrics import flush as flush_metrics
 from ..runtime import Runtime, Scheduler
 from .chain import BodySource, ChainRun, StreamAborted
-from .edge import Response, StreamResponse, error_body
-from .exchange import MANAGED_HEADERS, Exchange, LocalResponse, RequestFacts, new_exchange
+from .edge import Response, StreamResponse
+from .exchange import MANAGED_HEADERS, Exchange, LocalResponse, RequestFacts, error_body, new_exchange
 from .routing import Route, match, target_problem, upstream_url
 from .subrequests import DEPTH_HEADER, CallClient
 
@@ -139,7 +139,7 @@ class Gateway:
             elapsed = time.perf_counter() - started
             route.metrics.seconds.observe(elapsed)
             if logs.access_log.isEnabledFor(logging.INFO):
-                logs.access(_access(request, facts, status, started, delivery, run))
+                logs.access(_access(request, route, status, started, delivery, run))
 
     def _refusal(self, request: web.Request, route: Route, depth: int | None) -> tuple[int, str, str] | None:
         """Why ``route`` takes no part in ``request``, if it may not: status, kind and message."""
@@ -170,18 +170,7 @@ class Gateway:
         response = self._error(status, kind, message)
         response.headers["X-Request-Id"] = request_id
         if logs.access_log.isEnabledFor(logging.INFO):
-            line = {
-                "request_id": request_id,
-                "route": route.name if route is not None else None,
-                "tenant": route.tenant if route is not None else None,
-                "method": request.method,
-                "path": request.path,
-                "status": status,
-                "client": request.remote,
-                "ms": round((time.perf_counter() - started) * 1000, 3),
-                "error": kind,
-            }
-            logs.access(line)
+            logs.access({**_access_line(request, request_id, route, status, started), "error": kind})
         return response
 
     async def _proxy(self, request: web.Request, route: Route, run: ChainRun, delivery: Delivery) -> web.StreamResponse:
@@ -291,7 +280,7 @@ class Gateway:
         headers = {"Content-Type": "application/json"}
         if self._http.server_header:
             headers["Server"] = self._http.server_header
-        return Response(status=status, headers=headers, body=error_body(kind, message))
+        return Response(status=status, headers=headers, body=error_body({"type": kind, "message": message}))
 
 
 def _coded(headers: CIMultiDictProxy[str]) -> bool:
@@ -430,25 +419,33 @@ class Delivery:
     """The answer broke off after its head: the client got less than the whole body."""
 
 
-def _access(
-    request: web.Request, facts: RequestFacts, status: int, started: float, delivery: Delivery, run: ChainRun
+def _access_line(
+    request: web.Request, request_id: str, route: Route | None, status: int, started: float
 ) -> dict[str, Any]:
-    line = {
-        "request_id": facts.request_id,
-        "route": facts.route,
-        "tenant": facts.tenant,
-        "method": facts.method,
-        "path": facts.path,
+    """What the access log says of every request."""
+    return {
+        "request_id": request_id,
+        "route": route.name if route is not None else None,
+        "tenant": route.tenant if route is not None else None,
+        "method": request.method,
+        "path": request.path,
         "status": status,
-        "upstream": delivery.upstream,
-        "bytes_in": request.content.total_bytes,
-        "bytes_out": delivery.bytes_out,
+        "client": request.remote,
         "ms": round((time.perf_counter() - started) * 1000, 3),
-        "ttfb_ms": None if delivery.first_byte is None else round((delivery.first_byte - started) * 1000, 3),
-        "client": facts.client_address,
-        "processors": {
-            name: {"outcome": o.result, "ms": round(o.seconds * 1000, 3)} for name, o in run.outcomes.items()
-        },
+    }
+
+
+def _access(
+    request: web.Request, route: Route, status: int, started: float, delivery: Delivery, run: ChainRun
+) -> dict[str, Any]:
+    """The access line of a request that reached its route's processors."""
+    line = _access_line(request, run.facts.request_id, route, status, started)
+    line["upstream"] = delivery.upstream
+    line["bytes_in"] = request.content.total_bytes
+    line["bytes_out"] = delivery.bytes_out
+    line["ttfb_ms"] = None if delivery.first_byte is None else round((delivery.first_byte - started) * 1000, 3)
+    line["processors"] = {
+        name: {"outcome": o.result, "ms": round(o.seconds * 1000, 3)} for name, o in run.outcomes.items()
     }
     if delivery.cut:
         line["cut"] = True
